@@ -1,0 +1,1 @@
+"""Shared core: config, model, data, DP training, privacy records."""

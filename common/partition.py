@@ -1,0 +1,48 @@
+"""Splitting one labelled set into simulated clients with `flwr-datasets` partitioners."""
+
+from __future__ import annotations
+
+from datasets import Dataset
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    PathologicalPartitioner,
+    Partitioner,
+)
+
+from common.config import DataConfig
+from common.data import LabelledTexts, load_labelled_texts, split, subsample
+from common.errors import ConfigError
+
+
+def make_partitioner(cfg: DataConfig, num_partitions: int, seed: int) -> Partitioner:
+    if cfg.partitioner == "iid":
+        return IidPartitioner(num_partitions=num_partitions)
+    if cfg.partitioner == "dirichlet":
+        # min_partition_size=1: Dirichlet resamples until every client has data.
+        return DirichletPartitioner(num_partitions=num_partitions, partition_by="label",
+                                    alpha=cfg.dirichlet_alpha, min_partition_size=1,
+                                    self_balancing=False, seed=seed)
+    return PathologicalPartitioner(num_partitions=num_partitions, partition_by="label",
+                                   num_classes_per_partition=cfg.classes_per_client,
+                                   class_assignment_mode="deterministic", seed=seed)
+
+
+def simulation_split(cfg: DataConfig, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
+    """(pool to partition among clients, held-out test set for central evaluation)."""
+    data = subsample(load_labelled_texts(cfg), cfg.max_examples, seed)
+    return split(data, cfg.test_fraction, seed)
+
+
+def client_partition(pool: LabelledTexts, cfg: DataConfig, partition_id: int,
+                     num_partitions: int, seed: int) -> LabelledTexts:
+    """The rows simulated client `partition_id` holds; the same on every process for a seed."""
+    if not 0 <= partition_id < num_partitions:
+        raise ConfigError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
+    if cfg.partitioner == "label" and cfg.classes_per_client > len(pool.label_names):
+        raise ConfigError(f"invalid --classes-per-client {cfg.classes_per_client}: "
+                          f"the data has only {len(pool.label_names)} labels")
+    partitioner = make_partitioner(cfg, num_partitions, seed)
+    partitioner.dataset = Dataset.from_dict({"row": list(range(len(pool))), "label": pool.labels})
+    rows = partitioner.load_partition(partition_id)["row"]
+    return pool.subset(sorted(rows))

@@ -1,0 +1,113 @@
+"""Differential privacy of one node, in one place: plan, train privately, account, refuse.
+
+Guarantee: record-level (example-level) (epsilon, delta)-DP for each node's data, over
+everything that node releases in noised updates across all rounds it takes part in.
+The mechanism is DP-SGD (Abadi et al. 2016) as implemented by Opacus: Poisson sampling
+of each example with probability q per step, per-example gradient clipping to L2 norm C,
+Gaussian noise of standard deviation sigma * C added to the summed clipped gradients.
+
+No privacy mathematics is done here by hand. The noise multiplier comes from
+`opacus.accountants.utils.get_noise_multiplier`; the epsilon spent comes from an Opacus
+accountant (`prv` or `rdp`) fed the node's full history of (sigma, q, steps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch.utils.data import DataLoader
+
+from common.config import PrivacyConfig
+
+MECHANISM = "dp-sgd/poisson-subsampled-gaussian"
+
+# What an Opacus accountant keeps: (noise_multiplier, sample_rate, steps) per phase.
+History = list[tuple[float, float, int]]
+
+
+class BudgetExhausted(Exception):
+    """The next round would take the node past the epsilon it accepts."""
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """Fixed by a node on its first round; later rounds reuse it so sigma never drops."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    planned_rounds: int
+    max_grad_norm: float
+    delta: float
+    budget: float
+    accountant: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan(cfg: PrivacyConfig, *, budget: float, delta: float, sample_rate: float,
+         steps_per_round: int, planned_rounds: int) -> PrivacyPlan:
+    """Choose sigma so the whole planned training (rounds x steps) spends at most `budget`.
+
+    A noise multiplier set directly in the config is used as given; the budget still
+    bounds what the node will spend with it.
+    """
+    sigma = cfg.noise_multiplier or get_noise_multiplier(
+        target_epsilon=budget, target_delta=delta, sample_rate=sample_rate,
+        steps=steps_per_round * planned_rounds, accountant=cfg.accountant)
+    return PrivacyPlan(noise_multiplier=float(sigma), sample_rate=sample_rate,
+                       steps_per_round=steps_per_round, planned_rounds=planned_rounds,
+                       max_grad_norm=cfg.max_grad_norm, delta=delta, budget=budget,
+                       accountant=cfg.accountant)
+
+
+def epsilon_spent(history: History, delta: float, accountant: str) -> float:
+    """Epsilon of everything in `history`, by a fresh Opacus accountant."""
+    if not history:
+        return 0.0
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [tuple(phase) for phase in history]
+    return float(acc.get_epsilon(delta=delta))
+
+
+def check_budget(history: History, p: PrivacyPlan) -> float:
+    """Epsilon after one more round of `p`; raise BudgetExhausted if that exceeds the budget."""
+    projected = epsilon_spent(
+        [*history, (p.noise_multiplier, p.sample_rate, p.steps_per_round)], p.delta, p.accountant)
+    if projected > p.budget:
+        spent = epsilon_spent(history, p.delta, p.accountant)
+        raise BudgetExhausted(f"budget exhausted: spent epsilon {spent:.3f} of {p.budget:g}; "
+                              f"one more round would reach {projected:.3f} (delta {p.delta:g})")
+    return projected
+
+
+def make_private(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
+                 p: PrivacyPlan, history: History):
+    """Wrap model, optimizer and loader with an Opacus PrivacyEngine that resumes `history`.
+
+    Returns (engine, model, optimizer, loader). The loader samples each example
+    independently with probability `p.sample_rate` (Poisson sampling), which is what
+    the accountant's analysis assumes. Randomness (sampling, noise) comes from torch's
+    global generator: seed it before training for reproducible simulations. For
+    production nodes `secure_mode` (a cryptographic RNG) is the stronger choice.
+    """
+    model.train()  # Opacus validates the module in training mode
+    engine = PrivacyEngine(accountant=p.accountant)
+    engine.accountant.history = [tuple(phase) for phase in history]
+    model, optimizer, loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader,
+        noise_multiplier=p.noise_multiplier, max_grad_norm=p.max_grad_norm,
+        poisson_sampling=True)
+    if abs(loader.sample_rate - p.sample_rate) > 1e-12:
+        raise RuntimeError(f"Opacus sample rate {loader.sample_rate} differs from the plan's "
+                           f"{p.sample_rate}: the accounting would be wrong")
+    return engine, model, optimizer, loader
+
+
+def history_of(engine: PrivacyEngine) -> History:
+    return [(float(s), float(q), int(n)) for s, q, n in engine.accountant.history]

@@ -1,0 +1,60 @@
+"""The privacy record: what a node spent in one round, and everything else it disclosed.
+
+A node attaches one record to every reply. The record travels in the reply's
+ConfigRecord under RECORD_KEY as canonical JSON (sorted keys), so the bytes an auditor
+reads in the ledger are the bytes the node produced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+from flwr.app import ConfigRecord, Message, RecordDict
+
+RECORD_KEY = "privacy"
+KINDS = ("train", "refused", "evaluate")
+
+
+@dataclass(frozen=True)
+class PrivacyRecord:
+    run_id: int
+    round: int
+    node_id: int
+    kind: str                 # train | refused | evaluate
+    mechanism: str            # MECHANISM of common.privacy, or "none" for non-DP baselines
+    accountant: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int                # DP-SGD steps taken this round
+    total_steps: int          # all steps so far in this run, this round included
+    max_grad_norm: float
+    delta: float
+    epsilon: float            # cumulative epsilon spent after this round
+    epsilon_budget: float     # the most this node accepts to spend
+    # Everything besides the noised update that left the node with this reply,
+    # by name, with its value (e.g. the number of training examples).
+    disclosed: dict[str, float | int] = field(default_factory=dict)
+    reason: str = ""
+    created_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> PrivacyRecord:
+        return cls(**json.loads(text))
+
+    def to_recorddict(self) -> RecordDict:
+        return RecordDict({RECORD_KEY: ConfigRecord({"record": self.to_json()})})
+
+
+def record_of(message: Message) -> PrivacyRecord | None:
+    """The record a reply carries, or None when it has none (or a malformed one)."""
+    if message.has_error() or RECORD_KEY not in message.content.config_records:
+        return None
+    try:
+        return PrivacyRecord.from_json(str(message.content.config_records[RECORD_KEY]["record"]))
+    except (KeyError, TypeError, ValueError):
+        return None

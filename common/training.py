@@ -1,0 +1,58 @@
+"""The one training and evaluation loop, used by simulated and deployed nodes alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    steps: int
+    examples: int
+    mean_loss: float
+
+
+def _batches(loader: DataLoader) -> Iterator:
+    # Re-iterating (not itertools.cycle) draws a fresh Poisson sample on every pass.
+    while True:
+        yield from loader
+
+
+def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
+                steps: int, device: torch.device) -> TrainOutcome:
+    """Run exactly `steps` optimizer steps (each one a DP-SGD step under Opacus)."""
+    model.train()
+    total_loss, examples = 0.0, 0
+    batches = _batches(loader)
+    for _ in range(steps):
+        input_ids, mask, labels = (t.to(device) for t in next(batches))
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss.detach()) * len(labels)
+        examples += len(labels)
+    return TrainOutcome(steps=steps, examples=examples, mean_loss=total_loss / max(examples, 1))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: TensorDataset, batch_size: int,
+             device: torch.device) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) on `dataset`."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for input_ids, mask, labels in DataLoader(dataset, batch_size=max(batch_size, 64)):
+        input_ids, mask, labels = input_ids.to(device), mask.to(device), labels.to(device)
+        out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
+        total_loss += float(out.loss) * len(labels)
+        correct += int((out.logits.argmax(dim=-1) == labels).sum())
+    n = len(dataset)
+    return total_loss / n, correct / n
+
+
+def make_optimizer(model: torch.nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
