@@ -6,8 +6,8 @@ from datasets import Dataset
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
     IidPartitioner,
-    PathologicalPartitioner,
     Partitioner,
+    PathologicalPartitioner,
 )
 
 from common.config import DataConfig

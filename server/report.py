@@ -1,0 +1,89 @@
+"""Per-round progress on the console and metrics files in the run directory."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from server.checkpoint import atomic_write
+from server.strategy import PrivacyFedAvg
+
+COLUMNS = ("round", "trained", "refused", "failed", "loss", "accuracy", "fed_accuracy",
+           "epsilon_max", "epsilon_mean", "seconds")
+
+HEADERS = {"accuracy": "acc", "fed_accuracy": "fed acc", "epsilon_max": "eps max",
+           "epsilon_mean": "eps mean", "seconds": "s", "trained": "ok", "refused": "refused",
+           "failed": "failed"}
+
+
+class RoundReporter:
+    """Prints one row per round as it ends and rewrites metrics.json / metrics.csv."""
+
+    def __init__(self, run_dir: Path, strategy: PrivacyFedAvg, num_rounds: int,
+                 config: dict, console: Console | None = None) -> None:
+        self.run_dir, self.strategy, self.num_rounds = run_dir, strategy, num_rounds
+        self.config = config
+        self.console = console or Console(stderr=True)
+        self.rows: list[dict] = []
+        self.started = time.monotonic()
+
+    def end_round(self, server_round: int, central: dict[str, float] | None) -> None:
+        outcome = self.strategy.rounds.get(server_round)
+        eps = [r.epsilon for r in outcome.trained] if outcome else []
+        fed = self.strategy.federated_metrics.get(server_round, {})
+        row = {
+            "round": server_round,
+            "trained": len(outcome.trained) if outcome else 0,
+            "refused": len(outcome.refused) if outcome else 0,
+            "failed": (outcome.failed + outcome.rejected) if outcome else 0,
+            "loss": (central or {}).get("loss", math.nan),
+            "accuracy": (central or {}).get("accuracy", math.nan),
+            "fed_accuracy": fed.get("eval-accuracy", math.nan),
+            "epsilon_max": max(eps, default=0.0),
+            "epsilon_mean": sum(eps) / len(eps) if eps else 0.0,
+            "seconds": round(time.monotonic() - self.started, 1),
+        }
+        self.rows.append(row)
+        self._print(row)
+        self._write()
+
+    def _print(self, row: dict) -> None:
+        if row["round"] == 0:
+            self.console.print(f"[bold]round 0/{self.num_rounds}[/] initial model: "
+                               f"loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}")
+            return
+        self.console.print(
+            f"[bold]round {row['round']}/{self.num_rounds}[/] clients {row['trained']} ok "
+            f"{row['refused']} refused {row['failed']} failed | loss {row['loss']:.3f} "
+            f"acc {row['accuracy']:.3f} | eps max {row['epsilon_max']:.2f} | "
+            f"{row['seconds']:.0f} s")
+
+    def summary_table(self) -> Table:
+        table = Table(title=f"Run summary ({self.run_dir})")
+        for col in COLUMNS:
+            table.add_column(HEADERS.get(col, col), justify="right")
+        for row in self.rows:
+            table.add_row(*(_fmt(row[c]) for c in COLUMNS))
+        return table
+
+    def _write(self) -> None:
+        payload = json.dumps({"config": self.config, "rounds": self.rows}, indent=2)
+        atomic_write(self.run_dir / "metrics.json", lambda p: p.write_text(payload))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.run_dir / "metrics.csv", lambda p: p.write_text(out.getvalue()))
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.3f}"
+    return str(value)

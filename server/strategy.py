@@ -1,0 +1,82 @@
+"""FedAvg over the trainable weights, with privacy records, refusals and checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+
+from common.records import PrivacyRecord, record_of
+from common.weights import from_record
+from server.checkpoint import save_checkpoint
+from server.ledger import Ledger
+
+log = logging.getLogger("fedpriv.server")
+
+
+@dataclass
+class RoundOutcome:
+    trained: list[PrivacyRecord] = field(default_factory=list)
+    refused: list[PrivacyRecord] = field(default_factory=list)
+    failed: int = 0
+    rejected: int = 0
+
+
+class PrivacyFedAvg(FedAvg):
+    """Flower's FedAvg, fed only replies that trained and carry a privacy record.
+
+    Each record goes to the ledger before aggregation. Refusals (a node at its budget)
+    are logged and left out; the round goes on with the others.
+    """
+
+    def __init__(self, *, ledger: Ledger, run_dir: Path, **fedavg_args) -> None:
+        super().__init__(**fedavg_args)
+        self.ledger = ledger
+        self.run_dir = run_dir
+        self.rounds: dict[int, RoundOutcome] = {}
+        self.federated_metrics: dict[int, dict[str, float]] = {}
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        outcome = self.rounds.setdefault(server_round, RoundOutcome())
+        to_aggregate = []
+        for msg in replies:
+            if msg.has_error():
+                outcome.failed += 1
+                to_aggregate.append(msg)  # FedAvg logs the failure
+                continue
+            node = msg.metadata.src_node_id
+            record = record_of(msg)
+            if record is None:
+                outcome.rejected += 1
+                log.warning("round %s: reply from node %s has no privacy record; rejected",
+                            server_round, node)
+                continue
+            self.ledger.append(record, received_from=node)
+            if record.kind == "refused":
+                outcome.refused.append(record)
+                log.warning("round %s: node %s refused: %s", server_round, node, record.reason)
+                continue
+            outcome.trained.append(record)
+            to_aggregate.append(msg)
+        arrays, metrics = super().aggregate_train(server_round, to_aggregate)
+        if arrays is not None:
+            save_checkpoint(self.run_dir, server_round,
+                            from_record(arrays))
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        replies = list(replies)
+        for msg in replies:
+            record = record_of(msg)
+            if record is not None:
+                self.ledger.append(record, received_from=msg.metadata.src_node_id)
+        metrics = super().aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            self.federated_metrics[server_round] = dict(metrics)
+        return metrics
