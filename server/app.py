@@ -48,19 +48,20 @@ def resolve_labels(cfg: RunConfig) -> RunConfig:
     return cfg.replace(labels=",".join(load_labelled_texts(cfg.data).label_names))
 
 
-def prepare_run_dir(cfg: RunConfig) -> Path:
+def check_run_dir(cfg: RunConfig) -> Path:
+    """The run directory, refused if it already holds a run: a ledger is never overwritten."""
     run_dir = Path(cfg.federation.run_dir)
     if (run_dir / "ledger.jsonl").exists():
         raise ConfigError(f"invalid --run-dir {run_dir}: it already holds a run "
                           "(its ledger is kept); choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
 def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None) -> Path:
     """Run all rounds; returns the run directory with ledger, metrics and final model."""
     cfg = resolve_labels(cfg)
-    run_dir = prepare_run_dir(cfg)
+    run_dir = check_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     labels = cfg.data.label_names
     tokenizer = load_tokenizer(cfg.model)
     model = build_model(cfg.model, labels, cfg.train.seed)

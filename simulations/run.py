@@ -17,6 +17,7 @@ from client.app import app as client_app
 from common.config import RunConfig
 from common.errors import ConfigError
 from server.app import app as server_app
+from server.app import check_run_dir
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ def simulate(cfg: RunConfig, resources: SimulationResources, verbose: bool = Fal
     if fed.min_train_clients > resources.num_clients:
         raise ConfigError(f"invalid --min-train-clients {fed.min_train_clients}: only "
                           f"{resources.num_clients} simulated clients (--num-clients)")
+    check_run_dir(cfg)
     if fed.min_available_clients > resources.num_clients:
         cfg = cfg.replace(**{"min-available-clients": resources.num_clients})
     if not verbose:

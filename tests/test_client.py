@@ -1,0 +1,70 @@
+"""The ClientApp's train handler, called in-process: budget enforcement on the node."""
+
+import pytest
+from opacus.accountants import create_accountant
+
+from client.app import train
+from client.node import PrivacyState
+from common.errors import ConfigError
+from common.records import record_of
+from tests.conftest import node_context, train_message
+
+
+def run_rounds(cfg, context, rounds):
+    replies = [train(train_message(cfg, r), context) for r in rounds]
+    return replies, [record_of(reply) for reply in replies]
+
+
+def test_node_budget_caps_what_the_coordinator_asks(tiny_cfg, small_csv):
+    coordinator_asks = tiny_cfg.replace(epsilon=50.0)
+    context = node_context({"data-path": str(small_csv), "max-epsilon": 2.0})
+    replies, records = run_rounds(coordinator_asks, context, [1, 2])
+    assert [r.kind for r in records] == ["train", "train"]
+    assert all(r.epsilon_budget == 2.0 for r in records)
+    assert records[0].epsilon < records[1].epsilon <= 2.0
+    # A third round was never planned: it would exceed the node's budget, so it is refused.
+    refusal = train(train_message(coordinator_asks, 3), context)
+    rec = record_of(refusal)
+    assert rec.kind == "refused" and "budget exhausted" in rec.reason
+    assert "arrays" not in refusal.content.array_records
+    assert PrivacyState.load(context).history == [(records[1].noise_multiplier,
+                                                   records[1].sample_rate, 4)]
+
+
+def test_reported_epsilon_is_opacus_accountant_over_all_rounds(tiny_cfg, small_csv):
+    cfg = tiny_cfg.replace(accountant="rdp", **{"num-rounds": 3})
+    context = node_context({"data-path": str(small_csv)})
+    _, records = run_rounds(cfg, context, [1, 2, 3])
+    last = records[-1]
+    assert last.total_steps == 6 == sum(r.steps for r in records)
+    acc = create_accountant("rdp")
+    acc.history = [(last.noise_multiplier, last.sample_rate, last.total_steps)]
+    assert last.epsilon == pytest.approx(acc.get_epsilon(delta=last.delta), rel=1e-12)
+    assert [r.epsilon for r in records] == sorted(r.epsilon for r in records)
+
+
+def test_reply_names_everything_it_discloses(tiny_cfg, small_csv):
+    context = node_context({"data-path": str(small_csv)})
+    reply = train(train_message(tiny_cfg, 1), context)
+    metrics = dict(reply.content["metrics"])
+    assert record_of(reply).disclosed == metrics == {"num-examples": 180}
+    with_loss = train(train_message(tiny_cfg.replace(**{"report-train-loss": True}), 2), context)
+    assert set(record_of(with_loss).disclosed) == {"num-examples", "train-loss"}
+
+
+def test_node_with_a_budget_refuses_non_private_training(tiny_cfg, small_csv):
+    context = node_context({"data-path": str(small_csv), "max-epsilon": 5.0})
+    rec = record_of(train(train_message(tiny_cfg.replace(dp=False), 1), context))
+    assert rec.kind == "refused" and "DP-SGD only" in rec.reason
+
+
+def test_coordinator_cannot_point_a_deployed_node_at_data(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(**{"data-path": str(tmp_path / "elsewhere.csv")})
+    with pytest.raises(ConfigError, match="this node has no data"):
+        train(train_message(cfg, 1), node_context({}))
+
+
+def test_bad_node_budget_is_named(tiny_cfg, small_csv):
+    context = node_context({"data-path": str(small_csv), "max-epsilon": "lots"})
+    with pytest.raises(ConfigError, match="node-config max-epsilon='lots'"):
+        train(train_message(tiny_cfg, 1), context)

@@ -1,0 +1,148 @@
+"""DP-SGD as wired by common.privacy: clipping, noise, accounting, budget planning."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from opacus.accountants import PRVAccountant, RDPAccountant
+from torch.utils.data import DataLoader
+
+from common import privacy
+from common.config import PrivacyConfig, RunConfig
+from common.data import encode, load_labelled_texts, subsample
+from common.model import build_model, load_tokenizer, trainable_state
+from common.training import train_steps
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    cfg = RunConfig().replace(model="tiny", **{"max-length": 32})
+    data = subsample(load_labelled_texts(cfg.data), 96, seed=0)
+    return encode(data, load_tokenizer(cfg.model), 32), data.label_names
+
+
+def make(dataset, finetune="lora", noise=1.0, clip=1.0, batch=16, steps=2):
+    ds, labels = dataset
+    cfg = RunConfig().replace(model="tiny", finetune=finetune, **{"max-length": 32})
+    model = build_model(cfg.model, labels, seed=0)
+    loader = DataLoader(ds, batch_size=batch)
+    plan = privacy.PrivacyPlan(noise_multiplier=noise, sample_rate=1 / len(loader),
+                               steps_per_round=steps, planned_rounds=1, max_grad_norm=clip,
+                               delta=1e-5, budget=1e9, accountant="rdp")
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    return model, plan, privacy.make_private(model, optimizer, loader, plan, [])
+
+
+def per_example_clipped_norm(dp_model, dp_optimizer, example) -> tuple[float, float]:
+    """(raw per-example gradient norm, norm of what Opacus accumulates for it)."""
+    dp_optimizer.zero_grad(set_to_none=True)
+    ids, mask, label = (t.unsqueeze(0) for t in example)
+    dp_model(input_ids=ids, attention_mask=mask, labels=label).loss.backward()
+    params = [p for p in dp_optimizer.params if p.requires_grad]
+    raw = math.sqrt(sum(float(p.grad_sample.pow(2).sum()) for p in params))
+    dp_optimizer.clip_and_accumulate()
+    clipped = math.sqrt(sum(float(p.summed_grad.pow(2).sum()) for p in params))
+    for p in params:
+        p.summed_grad = None
+    return raw, clipped
+
+
+@pytest.mark.parametrize("clip", [1e-3, 1e6])
+def test_per_example_gradients_are_clipped_to_C_before_noise(dataset, clip):
+    _, _, (_, dp_model, dp_optimizer, _) = make(dataset, noise=0.0, clip=clip)
+    for i in range(4):
+        raw, clipped = per_example_clipped_norm(dp_model, dp_optimizer, dataset[0][i])
+        assert raw > 1e-3  # so the small C really clips
+        assert clipped == pytest.approx(min(raw, clip), rel=1e-4)
+
+
+def test_noise_has_the_planned_scale(dataset):
+    """One SGD(lr=1) step: noisy minus noiseless update is N(0, (sigma*C/B)^2) per weight."""
+    sigma, clip, batch = 2.0, 0.5, 16
+    deltas = []
+    for noise in (0.0, sigma):
+        model, plan, (_, dp_model, dp_opt, loader) = make(dataset, noise=noise, clip=clip,
+                                                          batch=batch)
+        before = trainable_state(model)
+        torch.manual_seed(123)  # same Poisson batch in both runs
+        train_steps(dp_model, dp_opt, loader, 1, CPU)
+        after = trainable_state(model)
+        deltas.append(np.concatenate([(after[k] - before[k]).ravel() for k in before]))
+    diff = deltas[1] - deltas[0]
+    expected_batch = plan.sample_rate * len(dataset[0])
+    assert diff.std() == pytest.approx(sigma * clip / expected_batch, rel=0.1)
+    assert abs(diff.mean()) < 0.05 * diff.std()
+
+
+def test_same_seed_reproduces_and_different_seeds_differ(dataset):
+    def run(seed):
+        model, _, (_, dp_model, dp_opt, loader) = make(dataset, noise=1.0, steps=2)
+        torch.manual_seed(seed)
+        train_steps(dp_model, dp_opt, loader, 2, CPU)
+        return np.concatenate([v.ravel() for v in trainable_state(model).values()])
+    a, b, c = run(1), run(1), run(2)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-4
+
+
+@pytest.mark.parametrize("accountant_cls, name", [(PRVAccountant, "prv"), (RDPAccountant, "rdp")])
+def test_epsilon_equals_opacus_accountant_for_the_same_mechanism(dataset, accountant_cls, name):
+    _, plan, (engine, dp_model, dp_opt, loader) = make(dataset, noise=1.1, steps=3)
+    train_steps(dp_model, dp_opt, loader, 3, CPU)
+    history = privacy.history_of(engine)
+    assert history == [(1.1, plan.sample_rate, 3)]
+    reference = accountant_cls()
+    for _ in range(3):
+        reference.step(noise_multiplier=1.1, sample_rate=plan.sample_rate)
+    assert privacy.epsilon_spent(history, 1e-5, name) == pytest.approx(
+        reference.get_epsilon(delta=1e-5), rel=1e-9)
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_planned_rounds_fit_the_budget_and_one_more_is_refused(accountant):
+    cfg = PrivacyConfig(epsilon=3.0, delta=1e-5, accountant=accountant)
+    plan = privacy.plan(cfg, budget=3.0, delta=1e-5, sample_rate=0.02, steps_per_round=50,
+                        planned_rounds=4)
+    history: privacy.History = []
+    for _ in range(4):
+        privacy.check_budget(history, plan)
+        history = [(plan.noise_multiplier, plan.sample_rate,
+                    sum(n for *_, n in history) + plan.steps_per_round)]
+    spent = privacy.epsilon_spent(history, 1e-5, accountant)
+    assert 2.9 <= spent <= 3.0
+    with pytest.raises(privacy.BudgetExhausted, match="budget exhausted"):
+        privacy.check_budget(history, plan)
+
+
+def test_full_finetuning_trains_under_opacus_with_broadcast_embeddings_frozen(dataset):
+    model, _, (_, dp_model, dp_opt, loader) = make(dataset, finetune="full", noise=0.5)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any("position_embeddings" in n for n in frozen)
+    assert any("token_type_embeddings" in n for n in frozen)
+    before = trainable_state(model)
+    train_steps(dp_model, dp_opt, loader, 1, CPU)
+    after = trainable_state(model)
+    assert "bert.embeddings.word_embeddings.weight" in after
+    assert not np.allclose(before["bert.embeddings.word_embeddings.weight"],
+                           after["bert.embeddings.word_embeddings.weight"])
+
+
+def test_full_finetuning_fails_under_opacus_if_broadcast_embeddings_train(dataset):
+    """Why the freeze exists: per-sample grads of broadcast embeddings cannot be stacked."""
+    ds, labels = dataset
+    cfg = RunConfig().replace(model="tiny", finetune="full", **{"max-length": 32})
+    model = build_model(cfg.model, labels, seed=0)
+    for name, p in model.named_parameters():
+        if "position_embeddings" in name or "token_type_embeddings" in name:
+            p.requires_grad_(True)
+    loader = DataLoader(ds, batch_size=16)
+    plan = privacy.PrivacyPlan(noise_multiplier=0.5, sample_rate=1 / len(loader),
+                               steps_per_round=1, planned_rounds=1, max_grad_norm=1.0,
+                               delta=1e-5, budget=1e9, accountant="rdp")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    _, dp_model, dp_opt, dp_loader = privacy.make_private(model, optimizer, loader, plan, [])
+    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+        train_steps(dp_model, dp_opt, dp_loader, 1, CPU)

@@ -1,0 +1,64 @@
+"""A whole federated DP run in Flower's simulation engine: tiny model, 2 clients, 2 rounds."""
+
+import json
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from transformers import pipeline
+
+from common.cli import main
+from common.model import build_model, trainable_state
+from server.checkpoint import checkpoint_path, load_checkpoint
+from server.ledger import Ledger
+
+
+@pytest.mark.e2e
+def test_simulation_trains_accounts_and_saves_a_usable_model(tmp_path, tiny_cfg):
+    run_dir = tmp_path / "run"
+    code = main(["simulate", "--model", "tiny", "--num-clients", "2", "--num-rounds", "2",
+                 "--max-examples", "400", "--batch-size", "16", "--local-steps", "3",
+                 "--max-length", "32", "--learning-rate", "0.01", "--epsilon", "4",
+                 "--partitioner", "dirichlet", "--run-dir", str(run_dir)])
+    assert code == 0
+
+    # The global weights moved away from the initial ones.
+    initial = trainable_state(build_model(tiny_cfg.model, tiny_cfg.data.label_names, 42))
+    final = load_checkpoint(checkpoint_path(run_dir, 2))
+    assert set(final) == set(initial)
+    assert max(np.abs(final[k] - initial[k]).max() for k in final) > 1e-3
+
+    # One train record per client per round; epsilon grows and stays within budget.
+    per_node = defaultdict(list)
+    for rec in Ledger(run_dir / "ledger.jsonl").records():
+        assert rec.kind == "train"
+        per_node[rec.node_id].append(rec)
+    assert len(per_node) == 2
+    for records in per_node.values():
+        assert [r.round for r in records] == [1, 2]
+        assert 0 < records[0].epsilon <= records[1].epsilon <= 4.0
+        assert records[1].total_steps == 6
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
+    assert metrics["rounds"][2]["epsilon_max"] == max(
+        r[-1].epsilon for r in per_node.values())
+    for name in ("metrics.csv", "accuracy.png", "epsilon.png"):
+        assert (run_dir / name).stat().st_size > 0
+
+    # The exported model is plain transformers and classifies text.
+    clf = pipeline("text-classification", model=str(run_dir / "final_model"))
+    out = clf(["driverless cars are wonderful", "I will never ride in one"])
+    assert {o["label"] for o in out} <= {"negative", "neutral", "positive"}
+
+
+@pytest.mark.e2e
+def test_an_existing_run_is_never_overwritten(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "ledger.jsonl").write_text('{"keep": "me"}\n')
+    code = main(["simulate", "--model", "tiny", "--num-clients", "2", "--num-rounds", "1",
+                 "--max-examples", "200", "--run-dir", str(run_dir)])
+    assert code == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run_dir / "ledger.jsonl").read_text() == '{"keep": "me"}\n'

@@ -1,0 +1,75 @@
+"""PrivacyFedAvg on hand-made replies: known means, refusals, records to the ledger."""
+
+import json
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+from common.records import PrivacyRecord
+from common.weights import to_record
+from server.checkpoint import checkpoint_path, load_checkpoint
+from server.ledger import Ledger
+from server.strategy import PrivacyFedAvg
+
+
+def record(node, kind="train", eps=1.0, **kw) -> PrivacyRecord:
+    return PrivacyRecord(run_id=1, round=1, node_id=node, kind=kind, mechanism="m",
+                         accountant="prv", noise_multiplier=1.0, sample_rate=0.1, steps=5,
+                         total_steps=5, max_grad_norm=1.0, delta=1e-5, epsilon=eps,
+                         epsilon_budget=8.0, **kw)
+
+
+def reply(node, arrays=None, n=1, rec="train"):
+    ins = Message(content=RecordDict(), dst_node_id=node, message_type="train")
+    content = RecordDict()
+    if rec is not None:
+        content = record(node, kind=rec, reason="budget exhausted" if rec == "refused" else ""
+                         ).to_recorddict()
+    if arrays is not None:
+        content["arrays"] = to_record(arrays)
+        content["metrics"] = MetricRecord({"num-examples": n})
+    return Message(content=content, reply_to=ins)
+
+
+def strategy(tmp_path) -> PrivacyFedAvg:
+    return PrivacyFedAvg(ledger=Ledger(tmp_path / "ledger.jsonl"), run_dir=tmp_path)
+
+
+def test_fedavg_of_known_arrays_is_the_example_weighted_mean(tmp_path):
+    s = strategy(tmp_path)
+    a = {"w": np.array([1.0, 2.0], dtype=np.float32), "b": np.array([[0.0]], dtype=np.float32)}
+    b = {"w": np.array([3.0, 6.0], dtype=np.float32), "b": np.array([[4.0]], dtype=np.float32)}
+    arrays, _ = s.aggregate_train(1, [reply(1, a, n=1), reply(2, b, n=3)])
+    np.testing.assert_allclose(arrays["w"].numpy(), [2.5, 5.0])
+    np.testing.assert_allclose(arrays["b"].numpy(), [[3.0]])
+    saved = load_checkpoint(checkpoint_path(tmp_path, 1))
+    np.testing.assert_allclose(saved["w"], [2.5, 5.0])
+
+
+def test_refusals_and_recordless_replies_are_left_out_and_the_round_goes_on(tmp_path):
+    s = strategy(tmp_path)
+    a = {"w": np.array([2.0], dtype=np.float32)}
+    b = {"w": np.array([4.0], dtype=np.float32)}
+    forged = {"w": np.array([1000.0], dtype=np.float32)}
+    arrays, _ = s.aggregate_train(1, [reply(1, a), reply(2, b), reply(3, rec="refused"),
+                                      reply(4, forged, rec=None)])
+    np.testing.assert_allclose(arrays["w"].numpy(), [3.0])
+    outcome = s.rounds[1]
+    assert len(outcome.trained) == 2 and len(outcome.refused) == 1 and outcome.rejected == 1
+    lines = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert [(x["received_from"], x["record"]["kind"]) for x in lines] == [
+        (1, "train"), (2, "train"), (3, "refused")]
+
+
+def test_all_refusing_leaves_the_model_unchanged(tmp_path):
+    s = strategy(tmp_path)
+    arrays, metrics = s.aggregate_train(2, [reply(1, rec="refused"), reply(2, rec="refused")])
+    assert arrays is None and metrics is None
+    assert not checkpoint_path(tmp_path, 2).exists()
+
+
+def test_record_survives_the_wire_format_unchanged():
+    rec = record(9, disclosed={"num-examples": 12})
+    carried = rec.to_recorddict()["privacy"]
+    assert isinstance(carried, ConfigRecord)
+    assert PrivacyRecord.from_json(str(carried["record"])) == rec
