@@ -13,6 +13,7 @@ import sys
 import time
 import warnings
 from dataclasses import fields
+from pathlib import Path
 from typing import get_type_hints
 
 from common.config import SECTIONS, RunConfig, key_of
@@ -53,18 +54,57 @@ def run_config_from(args: argparse.Namespace, base: dict | None = None) -> RunCo
 
 def _simulate(args: argparse.Namespace) -> int:
     from simulations.plots import plot_run
-    from simulations.run import SimulationResources, simulate
+    from simulations.run import simulate
 
     base = dict(PRESETS[args.preset])
     base["run-dir"] = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = run_config_from(args, base)
-    resources = SimulationResources(num_clients=args.num_clients, client_cpus=args.client_cpus,
-                                    client_gpus=args.client_gpus, ray_address=args.ray_address)
-    run_dir = simulate(cfg, resources, verbose=args.verbose)
+    run_dir = simulate(cfg, _resources(args), verbose=args.verbose)
     plots = plot_run(run_dir)
     print(f"run directory: {run_dir}  (ledger.jsonl, metrics.csv/json, final_model/, "
           f"{', '.join(p.name for p in plots)})")
     return 0
+
+
+def _resources(args: argparse.Namespace):
+    from simulations.run import SimulationResources
+
+    return SimulationResources(num_clients=args.num_clients, client_cpus=args.client_cpus,
+                               client_gpus=args.client_gpus, ray_address=args.ray_address)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from simulations.sweep import parse_epsilons, sweep
+
+    epsilons = parse_epsilons(args.epsilons)
+    cfg = run_config_from(args, dict(PRESETS[args.preset]))
+    out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
+    rows = sweep(cfg, epsilons, _resources(args), out)
+    table = Table(title=f"Privacy / utility ({out})")
+    for col in ("setting", "epsilon spent (max client)", "accuracy"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["setting"], f"{r['epsilon_spent_max']:.2f}", f"{r['accuracy']:.4f}")
+    Console().print(table)
+    return 0
+
+
+def _add_simulation_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                        help="quick (default): 5,000 examples, 3 rounds; full: all data, "
+                        "10 rounds")
+    parser.add_argument("--num-clients", type=int, default=4)
+    parser.add_argument("--client-cpus", type=float, default=1.0,
+                        help="CPU cores Ray reserves per simulated client")
+    parser.add_argument("--client-gpus", type=float, default=0.0,
+                        help="GPU share per simulated client (e.g. 0.25 puts 4 on one GPU)")
+    parser.add_argument("--ray-address", default="",
+                        help="join an existing Ray cluster ('auto' or ray://HOST:10001)")
+    parser.add_argument("--verbose", action="store_true", help="show Flower's own logs")
+    add_run_config_flags(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,18 +115,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run a federated DP fine-tuning in Flower's "
                          "simulation engine (same ServerApp and ClientApp as deployment)")
-    sim.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                     help="quick (default): 5,000 examples, 3 rounds; full: all data, 10 rounds")
-    sim.add_argument("--num-clients", type=int, default=4)
-    sim.add_argument("--client-cpus", type=float, default=1.0,
-                     help="CPU cores Ray reserves per simulated client")
-    sim.add_argument("--client-gpus", type=float, default=0.0,
-                     help="GPU share per simulated client (e.g. 0.25 puts 4 on one GPU)")
-    sim.add_argument("--ray-address", default="",
-                     help="join an existing Ray cluster ('auto' or ray://HOST:10001)")
-    sim.add_argument("--verbose", action="store_true", help="show Flower's own logs")
-    add_run_config_flags(sim)
+    _add_simulation_flags(sim)
     sim.set_defaults(handler=_simulate)
+
+    sw = sub.add_parser("sweep", help="privacy/utility trade-off: one simulation per epsilon "
+                        "(and a non-DP baseline), beside the majority-class baseline")
+    sw.add_argument("--epsilons", default="none,8,1",
+                    help="comma-separated per-client epsilons; 'none' trains without DP")
+    sw.add_argument("--out", default="", help="folder for the runs, sweep.csv and tradeoff.png")
+    _add_simulation_flags(sw)
+    sw.set_defaults(handler=_sweep)
+
+    from certs.cli import add_certs_arguments, run_certs_command
+
+    add_certs_arguments(sub).set_defaults(handler=run_certs_command)
+
+    from common.audit import add_audit_arguments, run_audit_command
+
+    audit = sub.add_parser("audit", help="verify a privacy ledger: signatures, chains, "
+                           "recomputed epsilon (PRV and RDP), budgets")
+    add_audit_arguments(audit)
+    audit.set_defaults(handler=run_audit_command)
+
+    # Deployment commands (`fedpriv server`, `fedpriv client`) register below.
     return parser
 
 

@@ -1,0 +1,181 @@
+"""``fedpriv certs``: make and inspect the deployment's certificates and node keys.
+
+Wire it into another parser with :func:`add_certs_arguments` and dispatch with
+:func:`run_certs_command`, or run it alone: ``python -m certs.cli ca``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from certs import tool
+from common.errors import FedPrivError
+
+_SUBCOMMANDS = ("ca", "server", "node", "admit", "list")
+_DESCRIPTION = "Make and inspect the TLS certificates and SuperNode keys of a deployment."
+
+
+def _common(days_default: int | None) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--dir", type=Path, default=tool.DEFAULT_DIR,
+                        help=f"folder of the certificates and keys (default {tool.DEFAULT_DIR})")
+    if days_default is not None:
+        parent.add_argument("--days", type=int, default=days_default,
+                            help=f"validity in days (default {days_default})")
+    return parent
+
+
+def _force(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="replace existing files (by default they are never overwritten)")
+
+
+def _key_type(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--key-type", choices=tool.KEY_TYPES, default="ec",
+                        help="ec = ECDSA P-256 (default), rsa = RSA 3072")
+
+
+def add_certs_arguments(
+    target: argparse.ArgumentParser | argparse._SubParsersAction,
+) -> argparse.ArgumentParser:
+    """Add the ``certs`` subcommands.
+
+    ``target`` is either the ``certs`` parser itself, or a subparsers object to which a
+    ``certs`` parser is added. Returns the ``certs`` parser.
+    """
+    if isinstance(target, argparse._SubParsersAction):
+        parser = target.add_parser("certs", help="make and inspect TLS certificates and node keys",
+                                   description=_DESCRIPTION)
+    else:
+        parser = target
+    sub = parser.add_subparsers(dest="certs_command", metavar="{" + ",".join(_SUBCOMMANDS) + "}",
+                                required=True)
+
+    ca = sub.add_parser("ca", parents=[_common(tool.CA_DAYS)],
+                        help="create the certificate authority (coordinator)")
+    ca.add_argument("--common-name", default="fedpriv federation CA",
+                    help="the CA's subject common name")
+    _key_type(ca)
+    _force(ca)
+
+    server = sub.add_parser("server", parents=[_common(tool.SERVER_DAYS)],
+                            help="issue the SuperLink's TLS certificate from the CA (coordinator)")
+    server.add_argument("--dns", action="append", default=[], metavar="NAME",
+                        help="host name partners dial (repeatable)")
+    server.add_argument("--ip", action="append", default=[], metavar="ADDRESS",
+                        help="IP address partners dial (repeatable)")
+    server.add_argument("--no-loopback", dest="loopback", action="store_false",
+                        help="leave out localhost and 127.0.0.1, which are included by default "
+                             "because the SuperLink's own SuperExec connects over loopback")
+    _key_type(server)
+    _force(server)
+
+    node = sub.add_parser("node", parents=[_common(None)],
+                          help="create a SuperNode authentication key pair (partner)")
+    node.add_argument("name", help="node name: the files are node-NAME.key and node-NAME.pub")
+    _force(node)
+
+    admit = sub.add_parser("admit", parents=[_common(None)],
+                           help="check a partner's public key and keep it as node-NAME.pub "
+                                "(coordinator)")
+    admit.add_argument("name", help="the partner's node name")
+    admit.add_argument("public_key", type=Path, metavar="PUBLIC_KEY",
+                       help="the node-NAME.pub file the partner sent")
+    _force(admit)
+
+    sub.add_parser("list", parents=[_common(None)],
+                   help="list certificates and node keys with expiry dates")
+    return parser
+
+
+def _print_files(issued: tool.Issued) -> None:
+    for path in issued.files:
+        print(f"wrote {path}")
+    if issued.not_after is not None:
+        print(f"valid until {issued.not_after:%Y-%m-%d %H:%M} UTC")
+    if issued.fingerprint is not None:
+        print(f"fingerprint {issued.fingerprint}")
+
+
+def _run_ca(args: argparse.Namespace) -> None:
+    issued = tool.create_ca(args.dir, days=args.days, key_type=args.key_type,
+                            common_name=args.common_name, force=args.force)
+    _print_files(issued)
+    print(f"send {args.dir / tool.CA_CERT} to every partner; keep "
+          f"{args.dir / tool.CA_KEY} private (offline if you can)")
+
+
+def _run_server(args: argparse.Namespace) -> None:
+    issued = tool.issue_server_cert(args.dir, dns_names=args.dns, ip_addresses=args.ip,
+                                    days=args.days, key_type=args.key_type,
+                                    include_loopback=args.loopback, force=args.force)
+    _print_files(issued)
+    cert = tool.check_certificate(issued.files[0])
+    print("names: " + ", ".join(tool.certificate_names(cert)))
+
+
+def _run_node(args: argparse.Namespace) -> None:
+    issued = tool.create_node_key(args.dir, args.name, force=args.force)
+    _print_files(issued)
+    key_path, pub_path = issued.files
+    print(f"send {pub_path} to the coordinator and read them the fingerprint; "
+          f"{key_path} never leaves this machine")
+    print(f"start the node with: flower-supernode ... --auth-supernode-private-key {key_path}")
+
+
+def _run_admit(args: argparse.Namespace) -> None:
+    issued = tool.admit_node_key(args.dir, args.name, args.public_key, force=args.force)
+    _print_files(issued)
+    print("confirm the fingerprint with the partner, then register the node with the "
+          f"running SuperLink: flwr supernode register {issued.files[0]} <connection>")
+
+
+def _run_list(args: argparse.Namespace) -> None:
+    now = datetime.now(UTC)
+    certs = tool.list_certificates(args.dir)
+    nodes = tool.list_node_keys(args.dir)
+    if not certs and not nodes:
+        print(f"nothing in {args.dir}")
+        return
+    for info in certs:
+        role = "CA" if info.is_ca else "certificate"
+        print(f"{info.path}  [{role}]  {info.status(now)}")
+        print(f"  subject  {info.subject}")
+        if info.issuer != info.subject:
+            print(f"  issuer   {info.issuer}")
+        if info.names:
+            print(f"  names    {', '.join(info.names)}")
+        print(f"  expires  {info.not_after:%Y-%m-%d} ({info.days_left(now)} days left)")
+    for node in nodes:
+        held = [p.name for p in (node.private_key, node.public_key) if p is not None]
+        print(f"node {node.name}  [{' + '.join(held)}]  {node.problem or 'ok'}")
+        if node.fingerprint:
+            print(f"  fingerprint  {node.fingerprint}")
+
+
+_RUNNERS = {"ca": _run_ca, "server": _run_server, "node": _run_node, "admit": _run_admit,
+            "list": _run_list}
+
+
+def run_certs_command(args: argparse.Namespace) -> int:
+    """Run the parsed ``certs`` subcommand; user mistakes raise ``FedPrivError``."""
+    _RUNNERS[args.certs_command](args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m certs.cli", description=_DESCRIPTION)
+    add_certs_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_certs_command(args)
+    except FedPrivError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
