@@ -1,22 +1,34 @@
 """The Flower ClientApp: one node's private local training and evaluation.
 
 Simulation (`fedpriv simulate`) and deployment (SuperNode) run this same app.
+Every reply carries a privacy record, signed and chained into the node's own ledger
+(common/ledger.py) before it is sent.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import replace
+import time
 
+import opacus
 import torch
-from flwr.app import Context, Message, MetricRecord
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader
 
-from client.node import NodeBudget, PrivacyState, budget_of, local_data, node_index
+from client.node import NodeFiles, PrivacyState, budget_of, local_data, node_index
 from common import privacy
 from common.config import RunConfig
-from common.data import encode
+from common.data import LabelledTexts, encode
+from common.ledger import (
+    NodeLedger,
+    data_commitment,
+    entry_recorddict,
+    fingerprint_arrays,
+    make_extra,
+)
 from common.model import (
     build_model,
     load_tokenizer,
@@ -32,112 +44,131 @@ app = ClientApp()
 log = logging.getLogger("fedpriv.client")
 
 
-def _request(msg: Message) -> tuple[RunConfig, int]:
-    config = dict(msg.content["config"])
-    server_round = int(config.pop("server-round"))
-    return RunConfig.from_flat(config), server_round
+class NodeRound:
+    """What one message asks of this node, with the node's own files, budget and data."""
 
+    def __init__(self, msg: Message, context: Context) -> None:
+        self.started_at = time.time()
+        config = dict(msg.content["config"])
+        self.server_round = int(config.pop("server-round"))
+        self.cfg = RunConfig.from_flat(config)
+        self.msg, self.context = msg, context
+        self.budget = budget_of(self.cfg, context.node_config)
+        self.files = NodeFiles.of(self.cfg, context)
+        self.state = PrivacyState.load(self.files.state)
+        self.train_rows, self.eval_rows = local_data(self.cfg, context.node_config)
+        self.received = from_record(msg.content["arrays"])
+        self.device = pick_device(self.cfg.train.device)
+        self.tokenizer = load_tokenizer(self.cfg.model)
+        self.model = build_model(self.cfg.model, self.train_rows.label_names, self.cfg.train.seed)
+        load_trainable_state(self.model, self.received)
+        self.model.to(self.device)
 
-def _prepare(msg: Message, cfg: RunConfig, context: Context):
-    train_rows, eval_rows = local_data(cfg, context.node_config)
-    tokenizer = load_tokenizer(cfg.model)
-    model = build_model(cfg.model, train_rows.label_names, cfg.train.seed)
-    load_trainable_state(model, from_record(msg.content["arrays"]))
-    device = pick_device(cfg.train.device)
-    return (encode(train_rows, tokenizer, cfg.model.max_length),
-            encode(eval_rows, tokenizer, cfg.model.max_length), model.to(device), device)
+    def dataset(self, rows: LabelledTexts):
+        return encode(rows, self.tokenizer, self.cfg.model.max_length)
 
+    def seed(self) -> int:
+        index = node_index(self.context)
+        return self.cfg.train.seed * 1_000_003 + index * 1_009 + self.server_round
 
-def _record(kind: str, context: Context, server_round: int, state: PrivacyState,
-            budget: NodeBudget, **fields) -> PrivacyRecord:
-    """This node's privacy record for the round, from its plan and accountant history."""
-    p = state.plan
-    base = dict(run_id=context.run_id, round=server_round, node_id=context.node_id, kind=kind,
-                mechanism="none", accountant="", noise_multiplier=0.0, sample_rate=0.0,
-                steps=0, total_steps=sum(n for _, _, n in state.history), max_grad_norm=0.0,
-                delta=budget.delta, epsilon=0.0, epsilon_budget=budget.epsilon)
-    if p is not None:
-        base.update(mechanism=privacy.MECHANISM, accountant=p.accountant,
-                    noise_multiplier=p.noise_multiplier, sample_rate=p.sample_rate,
-                    max_grad_norm=p.max_grad_norm,
-                    epsilon=privacy.epsilon_spent(state.history, budget.delta, p.accountant))
-    return PrivacyRecord(**{**base, **fields})
+    def record(self, kind: str, **fields) -> PrivacyRecord:
+        """This node's record for the round, from its plan and accountant history."""
+        run_id = self.context.run_id
+        p = self.state.plan(run_id)
+        base = dict(run_id=run_id, round=self.server_round, node_id=self.context.node_id,
+                    kind=kind, mechanism="none", accountant="", noise_multiplier=0.0,
+                    sample_rate=0.0, steps=0,
+                    total_steps=sum(n for *_, n in self.state.run_history(run_id)),
+                    max_grad_norm=0.0, delta=self.budget.delta, epsilon=0.0,
+                    epsilon_budget=self.budget.epsilon)
+        if p is not None:
+            base.update(mechanism=privacy.MECHANISM, accountant=p.accountant,
+                        noise_multiplier=p.noise_multiplier, sample_rate=p.sample_rate,
+                        max_grad_norm=p.max_grad_norm,
+                        epsilon=privacy.epsilon_spent(self.state.history(), p.delta,
+                                                      p.accountant))
+        return PrivacyRecord(**{**base, **fields})
+
+    def sign(self, record: PrivacyRecord, sent: dict | None = None) -> RecordDict:
+        """Append the record to the node's own ledger; the signed entry goes in the reply."""
+        rows = json.dumps([self.train_rows.texts, self.train_rows.labels]).encode()
+        extra = make_extra(
+            model_in=fingerprint_arrays(self.received.values()),
+            model_out=fingerprint_arrays(sent.values()) if sent else None,
+            data=data_commitment(hashlib.sha256(rows).hexdigest(), self.files.data_salt()),
+            accountant_settings={"opacus": opacus.__version__},
+            started_at=self.started_at, finished_at=time.time())
+        entry = NodeLedger(self.files.ledger, self.files.signing_key()).append(record, extra)
+        return entry_recorddict(entry)
+
+    def reply(self, record: PrivacyRecord, metrics: dict | None = None,
+              sent: dict | None = None) -> Message:
+        # Everything in the MetricRecord leaves the node without DP: the record names it.
+        if metrics:
+            record = PrivacyRecord(**{**record.__dict__, "disclosed": dict(metrics)})
+        content = self.sign(record, sent)
+        if sent is not None:
+            content["arrays"] = to_record(sent)
+        if metrics:
+            content["metrics"] = MetricRecord(metrics)
+        return Message(content=content, reply_to=self.msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg, server_round = _request(msg)
-    budget = budget_of(cfg, context.node_config)
-    train_set, _, model, device = _prepare(msg, cfg, context)
+    node = NodeRound(msg, context)
+    cfg, run_id = node.cfg, context.run_id
+    train_set = node.dataset(node.train_rows)
     loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True)
     steps = cfg.train.local_steps or cfg.train.local_epochs * len(loader)
-    state = PrivacyState.load(context)
-
-    def record(kind: str, **fields) -> PrivacyRecord:
-        return _record(kind, context, server_round, state, budget, **fields)
+    metrics: dict[str, float] = {"num-examples": len(train_set)}
 
     if not cfg.privacy.dp:
-        if budget.declared:
-            return _refuse(msg, record("refused", reason="non-private training requested; "
-                                       "this node accepts DP-SGD only"))
-        torch.manual_seed(_seed(cfg, context, server_round))
-        optimizer = make_optimizer(model, cfg.train.learning_rate)
-        outcome = train_steps(model, optimizer, loader, steps, device)
-        return _reply(msg, cfg, model, len(train_set), outcome.mean_loss,
-                      record("train", steps=steps, epsilon=float("inf")))
+        if node.budget.declared:
+            return node.reply(node.record("refused", reason="non-private training requested; "
+                                          "this node accepts DP-SGD only"))
+        torch.manual_seed(node.seed())
+        outcome = train_steps(node.model, make_optimizer(node.model, cfg.train.learning_rate),
+                              loader, steps, node.device)
+        if cfg.privacy.report_train_loss:
+            metrics["train-loss"] = outcome.mean_loss
+        return node.reply(node.record("train", steps=steps, total_steps=steps,
+                                      epsilon=float("inf")), metrics,
+                          trainable_state(node.model))
 
-    if state.plan is None:
-        state.plan = privacy.plan(cfg.privacy, budget=budget.epsilon, delta=budget.delta,
-                                  sample_rate=1 / len(loader), steps_per_round=steps,
-                                  planned_rounds=cfg.federation.num_rounds)
-        state.save(context)
+    plan = node.state.plan(run_id)
+    if plan is None:
+        plan = privacy.plan(cfg.privacy, budget=node.budget.epsilon, delta=node.budget.delta,
+                            sample_rate=1 / len(loader), steps_per_round=steps,
+                            planned_rounds=cfg.federation.num_rounds)
+        node.state.set_plan(run_id, plan)
+        node.state.save(node.files.state)
     try:
-        privacy.check_budget(state.history, state.plan)
+        privacy.check_budget(node.state.history(), plan)
     except privacy.BudgetExhausted as exc:
-        log.warning("node %s refuses round %s: %s", context.node_id, server_round, exc)
-        return _refuse(msg, record("refused", reason=str(exc)))
+        log.warning("node %s refuses round %s: %s", context.node_id, node.server_round, exc)
+        return node.reply(node.record("refused", reason=str(exc)))
 
-    torch.manual_seed(_seed(cfg, context, server_round))
-    optimizer = make_optimizer(model, cfg.train.learning_rate)
+    torch.manual_seed(node.seed())
     engine, dp_model, dp_optimizer, dp_loader = privacy.make_private(
-        model, optimizer, DataLoader(train_set, batch_size=cfg.train.batch_size),
-        state.plan, state.history)
-    outcome = train_steps(dp_model, dp_optimizer, dp_loader, state.plan.steps_per_round, device)
-    state.history = privacy.history_of(engine)
-    state.save(context)
-    return _reply(msg, cfg, model, len(train_set), outcome.mean_loss,
-                  record("train", steps=outcome.steps))
-
-
-def _seed(cfg: RunConfig, context: Context, server_round: int) -> int:
-    return cfg.train.seed * 1_000_003 + node_index(context) * 1_009 + server_round
-
-
-def _reply(msg: Message, cfg: RunConfig, model: torch.nn.Module, num_examples: int,
-           train_loss: float, rec: PrivacyRecord) -> Message:
-    # Everything in the MetricRecord leaves the node unprotected by DP: name it in the record.
-    metrics = {"num-examples": num_examples}
+        node.model, make_optimizer(node.model, cfg.train.learning_rate),
+        DataLoader(train_set, batch_size=cfg.train.batch_size), plan, node.state.history())
+    outcome = train_steps(dp_model, dp_optimizer, dp_loader, plan.steps_per_round, node.device)
+    node.state.add_steps(run_id, plan.noise_multiplier, plan.sample_rate, outcome.steps)
+    node.state.save(node.files.state)
+    if sum(n for *_, n in privacy.history_of(engine)) != sum(
+            n for *_, n in node.state.history()):
+        raise RuntimeError("Opacus counted other steps than the node's state: not sending")
     if cfg.privacy.report_train_loss:
-        metrics["train-loss"] = train_loss
-    content = replace(rec, disclosed=dict(metrics)).to_recorddict()
-    content["arrays"] = to_record(trainable_state(model))
-    content["metrics"] = MetricRecord(metrics)
-    return Message(content=content, reply_to=msg)
-
-
-def _refuse(msg: Message, rec: PrivacyRecord) -> Message:
-    """A refusal is a normal reply carrying only the record: the server logs it and goes on."""
-    return Message(content=rec.to_recorddict(), reply_to=msg)
+        metrics["train-loss"] = outcome.mean_loss
+    return node.reply(node.record("train", steps=outcome.steps), metrics,
+                      trainable_state(node.model))
 
 
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
-    cfg, server_round = _request(msg)
-    _, eval_set, model, device = _prepare(msg, cfg, context)
-    loss, accuracy = evaluate(model, eval_set, cfg.train.batch_size, device)
+    node = NodeRound(msg, context)
+    eval_set = node.dataset(node.eval_rows)
+    loss, accuracy = evaluate(node.model, eval_set, node.cfg.train.batch_size, node.device)
     metrics = {"num-examples": len(eval_set), "eval-loss": loss, "eval-accuracy": accuracy}
-    rec = _record("evaluate", context, server_round, PrivacyState.load(context),
-                  budget_of(cfg, context.node_config), disclosed=dict(metrics))
-    content = rec.to_recorddict()
-    content["metrics"] = MetricRecord(metrics)
-    return Message(content=content, reply_to=msg)
+    return node.reply(node.record("evaluate"), metrics)

@@ -9,13 +9,19 @@ node's epsilon but never raise it above the node's `max-epsilon`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from flwr.app import ConfigRecord, Context
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Context
 
 from common.config import RunConfig
 from common.data import LabelledTexts, load_labelled_texts, split
 from common.errors import ConfigError
+from common.files import atomic_write
+from common.ledger import create_node_key, load_private_key
 from common.partition import client_partition, simulation_split
 from common.privacy import History, PrivacyPlan
 
@@ -24,7 +30,7 @@ DATA_KEYS = ("data-path", "text-column", "label-column", "encoding")
 MAX_EPSILON_KEY, DELTA_KEY = "max-epsilon", "delta"
 # Share of a node's rows held out for federated evaluation, never trained on.
 LOCAL_EVAL_FRACTION = 0.1
-STATE_KEY = "fedpriv-privacy-state"
+STATE_DIR_KEY = "state-dir"
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,11 @@ def _positive(node_config: dict, key: str) -> float:
 
 
 def node_index(context: Context) -> int:
-    """A stable small id for seeding: the partition in simulation, else the node id."""
-    return int(context.node_config.get("partition-id", context.node_id))
+    """A stable small id for seeding: the partition in simulation, else the node id.
+
+    Deployed node ids are random 64-bit numbers; reduced so seeds stay in torch's range.
+    """
+    return int(context.node_config.get("partition-id", context.node_id % 2**31))
 
 
 def local_data(cfg: RunConfig, node_config: dict) -> tuple[LabelledTexts, LabelledTexts]:
@@ -82,21 +91,87 @@ def local_data(cfg: RunConfig, node_config: dict) -> tuple[LabelledTexts, Labell
     return split(data, LOCAL_EVAL_FRACTION, cfg.train.seed)
 
 
-@dataclass
-class PrivacyState:
-    """The node's plan and accountant history, kept across rounds in the node's context."""
+class NodeFiles:
+    """A node's own files: signing key, ledger, privacy state, data-commitment salt.
 
-    plan: PrivacyPlan | None
-    history: History
+    Kept on disk in the node's state dir (never sent anywhere but the ledger entries),
+    so a restarted node remembers what it spent and goes on with the same chain.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.ledger = directory / "ledger.jsonl"
+        self.key = directory / "signing.key"
+        self.public_key = directory / "signing.pub"
+        self.state = directory / "privacy-state.json"
+        self.salt = directory / "data-salt"
 
     @classmethod
-    def load(cls, context: Context) -> PrivacyState:
-        if STATE_KEY not in context.state.config_records:
-            return cls(plan=None, history=[])
-        saved = json.loads(str(context.state.config_records[STATE_KEY]["json"]))
-        plan = PrivacyPlan(**saved["plan"]) if saved["plan"] else None
-        return cls(plan=plan, history=[tuple(h) for h in saved["history"]])
+    def of(cls, cfg: RunConfig, context: Context) -> NodeFiles:
+        node_config = context.node_config
+        if STATE_DIR_KEY in node_config:
+            return cls(Path(str(node_config[STATE_DIR_KEY])).expanduser())
+        if "partition-id" in node_config:  # a simulated node keeps its files in the run dir
+            return cls(Path(cfg.federation.run_dir) / "nodes"
+                       / f"client-{node_config['partition-id']}")
+        return cls(Path.home() / ".fedpriv" / "node")
 
-    def save(self, context: Context) -> None:
-        payload = {"plan": self.plan.to_dict() if self.plan else None, "history": self.history}
-        context.state.config_records[STATE_KEY] = ConfigRecord({"json": json.dumps(payload)})
+    def signing_key(self) -> Ed25519PrivateKey:
+        if not self.key.exists():
+            return create_node_key(self.key, self.public_key)
+        return load_private_key(self.key)
+
+    def data_salt(self) -> bytes:
+        if not self.salt.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.salt, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+        return self.salt.read_bytes()
+
+
+@dataclass
+class PrivacyState:
+    """The node's plan and accountant phases per run.
+
+    The budget covers every run on this state dir: a coordinator cannot reset a node's
+    spend by starting a new run.
+    """
+
+    runs: dict[str, dict] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> PrivacyState:
+        if not path.exists():
+            return cls()
+        try:
+            return cls(runs=json.loads(path.read_text())["runs"])
+        except (ValueError, KeyError, TypeError):
+            raise ConfigError(f"{path}: node privacy state is corrupt; restore it from a "
+                              "backup (the node will not train without knowing its spend)"
+                              ) from None
+
+    def save(self, path: Path) -> None:
+        text = json.dumps({"runs": self.runs}, indent=1)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+
+    def plan(self, run_id: int) -> PrivacyPlan | None:
+        saved = self.runs.get(str(run_id), {}).get("plan")
+        return PrivacyPlan(**saved) if saved else None
+
+    def set_plan(self, run_id: int, plan: PrivacyPlan) -> None:
+        self.runs.setdefault(str(run_id), {"history": []})["plan"] = plan.to_dict()
+
+    def run_history(self, run_id: int) -> History:
+        return [tuple(h) for h in self.runs.get(str(run_id), {}).get("history", [])]
+
+    def history(self) -> History:
+        """All phases of all runs, in order: what the accountant composes."""
+        return [tuple(h) for run in self.runs.values() for h in run.get("history", [])]
+
+    def add_steps(self, run_id: int, sigma: float, q: float, steps: int) -> None:
+        history = self.runs.setdefault(str(run_id), {"history": []})["history"]
+        if history and history[-1][:2] == [sigma, q]:
+            history[-1][2] += steps
+        else:
+            history.append([sigma, q, steps])

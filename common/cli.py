@@ -138,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.set_defaults(handler=run_audit_command)
 
     # Deployment commands (`fedpriv server`, `fedpriv client`) register below.
+    from client.deploy import add_client_arguments, run_client_command
+    from server.deploy import add_server_arguments, run_server_command
+
+    add_server_arguments(sub.add_parser(
+        "server", help="coordinator: start a SuperLink (TLS, node authentication), admit "
+        "node keys, run the federation, stop")).set_defaults(handler=run_server_command)
+    add_client_arguments(sub.add_parser(
+        "client", help="partner: check certificates, key, data and the coordinator, then run "
+        "this node's SuperNode")).set_defaults(handler=run_client_command)
     return parser
 
 

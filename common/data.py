@@ -81,7 +81,8 @@ def read_rows(path: Path, text_col: str, label_col: str,
     """(text, label, location) for every row of a CSV or JSONL file, validated."""
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".json"):
-        raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .csv or .jsonl")
+        raise DataError(f"{path}: unsupported file type {suffix or '(none)'!r}; "
+                        "use .csv or .jsonl")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -103,7 +104,10 @@ def read_rows(path: Path, text_col: str, label_col: str,
     return rows
 
 
-def _csv_rows(path: Path, content: str, text_col: str, label_col: str) -> list[tuple[str, str, str]]:
+Row = tuple[str, str, str]
+
+
+def _csv_rows(path: Path, content: str, text_col: str, label_col: str) -> list[Row]:
     reader = csv.DictReader(io.StringIO(content, newline=""))
     columns = reader.fieldnames or []
     for col in (text_col, label_col):
@@ -117,7 +121,7 @@ def _csv_rows(path: Path, content: str, text_col: str, label_col: str) -> list[t
     return rows
 
 
-def _jsonl_rows(path: Path, content: str, text_col: str, label_col: str) -> list[tuple[str, str, str]]:
+def _jsonl_rows(path: Path, content: str, text_col: str, label_col: str) -> list[Row]:
     rows = []
     for n, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
@@ -152,7 +156,8 @@ def subsample(data: LabelledTexts, max_examples: int, seed: int) -> LabelledText
     return data.subset(sorted(random.Random(seed).sample(range(len(data)), max_examples)))
 
 
-def split(data: LabelledTexts, test_fraction: float, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
+def split(data: LabelledTexts, test_fraction: float,
+          seed: int) -> tuple[LabelledTexts, LabelledTexts]:
     """Seeded (train, test) split; both sides keep at least one row."""
     order = list(range(len(data)))
     random.Random(seed).shuffle(order)

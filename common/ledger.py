@@ -40,9 +40,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from common.errors import FedPrivError
-from common.records import KINDS, PrivacyRecord
+from common.records import KINDS, RECORD_KEY, PrivacyRecord
 
 GENESIS = "0" * 64
 SIGNED_FIELDS = ("record", "prev_hash", "node_key")
@@ -273,9 +274,14 @@ def entry_hash(entry: Mapping[str, Any]) -> str:
 
 
 def record_dict(record: PrivacyRecord, extra: Mapping[str, Any] | None = None) -> dict:
-    # Round-trip through canonical JSON so the signed dict is exactly what a reader
-    # of the file will parse (tuples become lists, and so on).
-    return json.loads(canonical({**asdict(record), EXTRA_KEY: dict(extra or {})}))
+    """The record as signed: its fields, with `extra` merged into the record's own.
+
+    Round-tripped through canonical JSON so the signed dict is exactly what a reader
+    of the file will parse (tuples become lists, and so on).
+    """
+    fields = asdict(record)
+    fields[EXTRA_KEY] = {**fields.get(EXTRA_KEY, {}), **(extra or {})}
+    return json.loads(canonical(fields))
 
 
 def make_entry(record: PrivacyRecord, extra: Mapping[str, Any] | None, prev_hash: str,
@@ -296,9 +302,8 @@ def signature_ok(entry: Mapping[str, Any]) -> bool:
 
 
 def record_of_entry(entry: Mapping[str, Any]) -> PrivacyRecord:
-    """The PrivacyRecord an entry carries (its `extra` left aside)."""
-    fields = {k: v for k, v in entry["record"].items() if k != EXTRA_KEY}
-    return PrivacyRecord(**fields)
+    """The PrivacyRecord an entry carries."""
+    return PrivacyRecord(**entry["record"])
 
 
 def entry_to_json(entry: Mapping[str, Any]) -> str:
@@ -342,9 +347,26 @@ def shape_problem(entry: Any) -> str:
         record_of_entry(entry)
     except TypeError as exc:
         return f"record does not have the PrivacyRecord fields ({exc})"
-    if entry["record"].get("kind") not in KINDS:
-        return f"record kind {entry['record'].get('kind')!r} is not one of {', '.join(KINDS)}"
+    rec = entry["record"]
+    for name, kinds in _RECORD_TYPES.items():
+        if name not in rec:  # a field with a default
+            continue
+        if not isinstance(rec[name], kinds) or isinstance(rec[name], bool):
+            return f"record field {name} is {rec[name]!r}: expected {kinds[0].__name__}"
+    if rec["kind"] not in KINDS:
+        return f"record kind {rec['kind']!r} is not one of {', '.join(KINDS)}"
     return ""
+
+
+# JSON types of the record fields the audit computes with.
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("run_id", "round", "node_id", "steps", "total_steps"), (int,)),
+    **dict.fromkeys(("noise_multiplier", "sample_rate", "max_grad_norm", "delta", "epsilon",
+                     "epsilon_budget"), (float, int)),
+    **dict.fromkeys(("kind", "mechanism", "accountant"), (str,)),
+    "disclosed": (dict,),
+    EXTRA_KEY: (dict,),
+}
 
 
 def _is_hex(s: str) -> bool:
@@ -509,15 +531,14 @@ def verify_entries(entries: Sequence[Mapping[str, Any] | LedgerLine],
     Checks each entry's signature, that its key is trusted (when `trusted_keys` is
     given), each node key's hash chain (an entry must name the hash of that key's
     previous entry: a changed, removed, reordered or inserted entry breaks it),
-    duplicates, and that a node's records keep one node_id per run and go forward
-    in rounds. An empty list means the ledger is intact.
+    duplicates, that no node_id of a run is claimed by two keys, and that a node's
+    rounds go forward. An empty list means the ledger is intact.
     """
     names = key_names(trusted_keys)
     problems: list[Problem] = []
     last: dict[str, str] = {}               # node_key -> hash of its latest entry
     where_of: dict[str, LedgerLine] = {}    # entry hash -> first line holding it
     seen_round: dict[tuple, LedgerLine] = {}
-    run_node: dict[tuple[str, Any], Any] = {}
     owner: dict[tuple[Any, Any], str] = {}
     last_round: dict[tuple[str, Any], int] = {}
 
@@ -563,9 +584,6 @@ def verify_entries(entries: Sequence[Mapping[str, Any] | LedgerLine],
         if last_round.get((key, run), rec["round"]) > rec["round"]:
             report(f"round goes back from {last_round[(key, run)]} to {rec['round']}")
         last_round[(key, run)] = max(rec["round"], last_round.get((key, run), rec["round"]))
-        if run_node.setdefault((key, run), rec["node_id"]) != rec["node_id"]:
-            report(f"node_id {rec['node_id']} differs from this key's node_id "
-                   f"{run_node[(key, run)]} earlier in run {run}")
         other = owner.setdefault((run, rec["node_id"]), key)
         if other != key:
             report(f"node_id {rec['node_id']} of run {run} is also claimed by key "
@@ -588,3 +606,24 @@ def _chain_problem(prev: str, where_of: Mapping[str, LedgerLine],
                 f"in the file{after}: entries reordered")
     return ("broken chain: the entry it follows is not in the ledger (removed, or changed "
             f"after signing){after}")
+
+
+# --- on the wire ---------------------------------------------------------------------
+
+
+def entry_recorddict(entry: Mapping[str, Any]) -> RecordDict:
+    """The reply content that carries a signed entry (the node adds arrays and metrics)."""
+    return RecordDict({RECORD_KEY: ConfigRecord({"entry": entry_to_json(entry)})})
+
+
+def entry_of_message(message: Message) -> dict[str, Any]:
+    """The signed entry a reply carries; LedgerError if it has none, or a bad one."""
+    if message.has_error():
+        raise LedgerError(f"error reply: {message.error.reason}")
+    records = message.content.config_records
+    if RECORD_KEY not in records or "entry" not in records[RECORD_KEY]:
+        raise LedgerError("reply carries no privacy record")
+    entry = entry_from_json(str(records[RECORD_KEY]["entry"]))
+    if not signature_ok(entry):
+        raise LedgerError("privacy record signature does not verify")
+    return entry

@@ -1,8 +1,8 @@
 """The privacy record: what a node spent in one round, and everything else it disclosed.
 
-A node attaches one record to every reply. The record travels in the reply's
-ConfigRecord under RECORD_KEY as canonical JSON (sorted keys), so the bytes an auditor
-reads in the ledger are the bytes the node produced.
+A node attaches one record to every reply, signed and chained into a ledger entry
+(common/ledger.py). The entry travels in the reply's ConfigRecord under RECORD_KEY as
+canonical JSON, so the bytes an auditor reads in the ledger are the bytes the node signed.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-
-from flwr.app import ConfigRecord, Message, RecordDict
+from typing import Any
 
 RECORD_KEY = "privacy"
 KINDS = ("train", "refused", "evaluate")
@@ -38,6 +37,10 @@ class PrivacyRecord:
     disclosed: dict[str, float | int] = field(default_factory=dict)
     reason: str = ""
     created_at: float = field(default_factory=time.time)
+    # Provenance for auditors, signed with the record in the node's ledger: fingerprints
+    # of the models and a commitment to the data, accountant settings, round times
+    # (see common.ledger.make_extra). Hashes and settings only, never data.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -45,16 +48,3 @@ class PrivacyRecord:
     @classmethod
     def from_json(cls, text: str) -> PrivacyRecord:
         return cls(**json.loads(text))
-
-    def to_recorddict(self) -> RecordDict:
-        return RecordDict({RECORD_KEY: ConfigRecord({"record": self.to_json()})})
-
-
-def record_of(message: Message) -> PrivacyRecord | None:
-    """The record a reply carries, or None when it has none (or a malformed one)."""
-    if message.has_error() or RECORD_KEY not in message.content.config_records:
-        return None
-    try:
-        return PrivacyRecord.from_json(str(message.content.config_records[RECORD_KEY]["record"]))
-    except (KeyError, TypeError, ValueError):
-        return None

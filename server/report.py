@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from server.checkpoint import atomic_write
+from common.files import atomic_write
 from server.strategy import PrivacyFedAvg
 
 COLUMNS = ("round", "trained", "refused", "failed", "loss", "accuracy", "fed_accuracy",

@@ -10,7 +10,8 @@ from pathlib import Path
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
-from common.records import PrivacyRecord, record_of
+from common.ledger import LedgerError, entry_of_message, record_of_entry
+from common.records import PrivacyRecord
 from common.weights import from_record
 from server.checkpoint import save_checkpoint
 from server.ledger import Ledger
@@ -27,9 +28,9 @@ class RoundOutcome:
 
 
 class PrivacyFedAvg(FedAvg):
-    """Flower's FedAvg, fed only replies that trained and carry a privacy record.
+    """Flower's FedAvg, fed only replies that trained and carry a signed privacy record.
 
-    Each record goes to the ledger before aggregation. Refusals (a node at its budget)
+    Each signed entry goes to the ledger before aggregation. Refusals (a node at its budget)
     are logged and left out; the round goes on with the others.
     """
 
@@ -50,13 +51,14 @@ class PrivacyFedAvg(FedAvg):
                 to_aggregate.append(msg)  # FedAvg logs the failure
                 continue
             node = msg.metadata.src_node_id
-            record = record_of(msg)
-            if record is None:
+            try:
+                entry = entry_of_message(msg)
+            except LedgerError as exc:
                 outcome.rejected += 1
-                log.warning("round %s: reply from node %s has no privacy record; rejected",
-                            server_round, node)
+                log.warning("round %s: reply from node %s rejected: %s", server_round, node, exc)
                 continue
-            self.ledger.append(record, received_from=node)
+            self.ledger.append(entry, received_from=node)
+            record = record_of_entry(entry)
             if record.kind == "refused":
                 outcome.refused.append(record)
                 log.warning("round %s: node %s refused: %s", server_round, node, record.reason)
@@ -65,17 +67,20 @@ class PrivacyFedAvg(FedAvg):
             to_aggregate.append(msg)
         arrays, metrics = super().aggregate_train(server_round, to_aggregate)
         if arrays is not None:
-            save_checkpoint(self.run_dir, server_round,
-                            from_record(arrays))
+            save_checkpoint(self.run_dir, server_round, from_record(arrays))
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:
         replies = list(replies)
         for msg in replies:
-            record = record_of(msg)
-            if record is not None:
-                self.ledger.append(record, received_from=msg.metadata.src_node_id)
+            if msg.has_error():
+                continue  # FedAvg logs it
+            try:
+                self.ledger.append(entry_of_message(msg), received_from=msg.metadata.src_node_id)
+            except LedgerError as exc:
+                log.warning("round %s: evaluation reply from node %s: %s", server_round,
+                            msg.metadata.src_node_id, exc)
         metrics = super().aggregate_evaluate(server_round, replies)
         if metrics is not None:
             self.federated_metrics[server_round] = dict(metrics)

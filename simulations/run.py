@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,8 @@ def simulate(cfg: RunConfig, resources: SimulationResources, verbose: bool = Fal
         raise ConfigError(f"invalid --min-train-clients {fed.min_train_clients}: only "
                           f"{resources.num_clients} simulated clients (--num-clients)")
     check_run_dir(cfg)
+    # Ray workers need not share this process's working directory.
+    cfg = cfg.replace(**{"run-dir": str(Path(fed.run_dir).resolve())})
     if fed.min_available_clients > resources.num_clients:
         cfg = cfg.replace(**{"min-available-clients": resources.num_clients})
     if not verbose:
@@ -56,4 +59,15 @@ def simulate(cfg: RunConfig, resources: SimulationResources, verbose: bool = Fal
                     backend_config=resources.backend_config(), server_app_context=context,
                     verbose_logging=verbose,
                     exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE)
-    return Path(fed.run_dir)
+    run_dir = Path(cfg.federation.run_dir)
+    collect_node_keys(run_dir)
+    return run_dir
+
+
+def collect_node_keys(run_dir: Path) -> Path:
+    """Gather the simulated nodes' public keys where `fedpriv audit --keys` expects them."""
+    keys_dir = run_dir / "node-keys"
+    keys_dir.mkdir(exist_ok=True)
+    for public in sorted(run_dir.glob("nodes/*/signing.pub")):
+        shutil.copyfile(public, keys_dir / f"{public.parent.name}.pub")
+    return keys_dir

@@ -19,7 +19,9 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from common.config import RunConfig  # noqa: E402
 from common.data import EMBEDDED_LABELS, load_labelled_texts, subsample  # noqa: E402
+from common.ledger import entry_of_message, record_of_entry  # noqa: E402
 from common.model import build_model, trainable_state  # noqa: E402
+from common.records import PrivacyRecord  # noqa: E402
 from common.weights import to_record  # noqa: E402
 
 
@@ -62,6 +64,13 @@ def train_message(cfg: RunConfig, server_round: int, node_id: int = 7,
     return Message(content=content, dst_node_id=node_id, message_type=message_type)
 
 
-def node_context(node_config: dict, node_id: int = 7) -> Context:
-    return Context(run_id=1, node_id=node_id, node_config=node_config, state=RecordDict(),
-                   run_config={})
+def node_context(node_config: dict, state_dir: Path, node_id: int = 7) -> Context:
+    """A deployed node's context; its files (key, ledger, spend) live in `state_dir`."""
+    return Context(run_id=1, node_id=node_id,
+                   node_config={"state-dir": str(state_dir), **node_config},
+                   state=RecordDict(), run_config={})
+
+
+def record_of(reply: Message) -> PrivacyRecord:
+    """The privacy record a reply carries, after checking its signature."""
+    return record_of_entry(entry_of_message(reply))

@@ -4,10 +4,10 @@ import pytest
 from opacus.accountants import create_accountant
 
 from client.app import train
-from client.node import PrivacyState
+from client.node import NodeFiles, PrivacyState
 from common.errors import ConfigError
-from common.records import record_of
-from tests.conftest import node_context, train_message
+from common.ledger import read_entries, record_of_entry
+from tests.conftest import node_context, record_of, train_message
 
 
 def run_rounds(cfg, context, rounds):
@@ -15,9 +15,9 @@ def run_rounds(cfg, context, rounds):
     return replies, [record_of(reply) for reply in replies]
 
 
-def test_node_budget_caps_what_the_coordinator_asks(tiny_cfg, small_csv):
+def test_node_budget_caps_what_the_coordinator_asks(tiny_cfg, small_csv, tmp_path):
     coordinator_asks = tiny_cfg.replace(epsilon=50.0)
-    context = node_context({"data-path": str(small_csv), "max-epsilon": 2.0})
+    context = node_context({"data-path": str(small_csv), "max-epsilon": 2.0}, tmp_path / "n")
     replies, records = run_rounds(coordinator_asks, context, [1, 2])
     assert [r.kind for r in records] == ["train", "train"]
     assert all(r.epsilon_budget == 2.0 for r in records)
@@ -27,13 +27,26 @@ def test_node_budget_caps_what_the_coordinator_asks(tiny_cfg, small_csv):
     rec = record_of(refusal)
     assert rec.kind == "refused" and "budget exhausted" in rec.reason
     assert "arrays" not in refusal.content.array_records
-    assert PrivacyState.load(context).history == [(records[1].noise_multiplier,
-                                                   records[1].sample_rate, 4)]
+    state = PrivacyState.load(NodeFiles(tmp_path / "n").state)
+    assert state.history() == [(records[1].noise_multiplier, records[1].sample_rate, 4)]
+    # The node's own signed ledger holds exactly what it sent, refusal included.
+    own = [record_of_entry(e) for e in read_entries(tmp_path / "n" / "ledger.jsonl")]
+    assert own == [*records, rec]
 
 
-def test_reported_epsilon_is_opacus_accountant_over_all_rounds(tiny_cfg, small_csv):
+def test_spend_persists_on_disk_and_spans_runs(tiny_cfg, small_csv, tmp_path):
+    """A restarted node, or a new run, cannot reset what the node has spent."""
+    node = {"data-path": str(small_csv), "max-epsilon": 2.0}
+    _, first = run_rounds(tiny_cfg, node_context(node, tmp_path / "n"), [1, 2])
+    new_run = node_context(node, tmp_path / "n")
+    new_run.run_id = 2
+    rec = record_of(train(train_message(tiny_cfg, 1), new_run))
+    assert rec.kind == "refused" and rec.epsilon == pytest.approx(first[-1].epsilon)
+
+
+def test_reported_epsilon_is_opacus_accountant_over_all_rounds(tiny_cfg, small_csv, tmp_path):
     cfg = tiny_cfg.replace(accountant="rdp", **{"num-rounds": 3})
-    context = node_context({"data-path": str(small_csv)})
+    context = node_context({"data-path": str(small_csv)}, tmp_path)
     _, records = run_rounds(cfg, context, [1, 2, 3])
     last = records[-1]
     assert last.total_steps == 6 == sum(r.steps for r in records)
@@ -43,8 +56,8 @@ def test_reported_epsilon_is_opacus_accountant_over_all_rounds(tiny_cfg, small_c
     assert [r.epsilon for r in records] == sorted(r.epsilon for r in records)
 
 
-def test_reply_names_everything_it_discloses(tiny_cfg, small_csv):
-    context = node_context({"data-path": str(small_csv)})
+def test_reply_names_everything_it_discloses(tiny_cfg, small_csv, tmp_path):
+    context = node_context({"data-path": str(small_csv)}, tmp_path)
     reply = train(train_message(tiny_cfg, 1), context)
     metrics = dict(reply.content["metrics"])
     assert record_of(reply).disclosed == metrics == {"num-examples": 180}
@@ -52,8 +65,8 @@ def test_reply_names_everything_it_discloses(tiny_cfg, small_csv):
     assert set(record_of(with_loss).disclosed) == {"num-examples", "train-loss"}
 
 
-def test_node_with_a_budget_refuses_non_private_training(tiny_cfg, small_csv):
-    context = node_context({"data-path": str(small_csv), "max-epsilon": 5.0})
+def test_node_with_a_budget_refuses_non_private_training(tiny_cfg, small_csv, tmp_path):
+    context = node_context({"data-path": str(small_csv), "max-epsilon": 5.0}, tmp_path)
     rec = record_of(train(train_message(tiny_cfg.replace(dp=False), 1), context))
     assert rec.kind == "refused" and "DP-SGD only" in rec.reason
 
@@ -61,10 +74,10 @@ def test_node_with_a_budget_refuses_non_private_training(tiny_cfg, small_csv):
 def test_coordinator_cannot_point_a_deployed_node_at_data(tiny_cfg, tmp_path):
     cfg = tiny_cfg.replace(**{"data-path": str(tmp_path / "elsewhere.csv")})
     with pytest.raises(ConfigError, match="this node has no data"):
-        train(train_message(cfg, 1), node_context({}))
+        train(train_message(cfg, 1), node_context({}, tmp_path))
 
 
-def test_bad_node_budget_is_named(tiny_cfg, small_csv):
-    context = node_context({"data-path": str(small_csv), "max-epsilon": "lots"})
+def test_bad_node_budget_is_named(tiny_cfg, small_csv, tmp_path):
+    context = node_context({"data-path": str(small_csv), "max-epsilon": "lots"}, tmp_path)
     with pytest.raises(ConfigError, match="node-config max-epsilon='lots'"):
         train(train_message(tiny_cfg, 1), context)

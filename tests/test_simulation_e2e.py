@@ -46,6 +46,14 @@ def test_simulation_trains_accounts_and_saves_a_usable_model(tmp_path, tiny_cfg)
     for name in ("metrics.csv", "accuracy.png", "epsilon.png"):
         assert (run_dir / name).stat().st_size > 0
 
+    # The ledger verifies independently: signatures, chains, epsilon recomputed (PRV, RDP).
+    assert main(["audit", str(run_dir / "ledger.jsonl"), "--keys", str(run_dir / "node-keys"),
+                 "--json", str(tmp_path / "audit.json")]) == 0
+    assert json.loads((tmp_path / "audit.json").read_text())["ok"] is True
+    for node_dir in (run_dir / "nodes").iterdir():
+        assert main(["audit", str(node_dir / "ledger.jsonl"), "--keys",
+                     str(run_dir / "node-keys"), "--compare", str(run_dir / "ledger.jsonl")]) == 0
+
     # The exported model is plain transformers and classifies text.
     clf = pipeline("text-classification", model=str(run_dir / "final_model"))
     out = clf(["driverless cars are wonderful", "I will never ride in one"])

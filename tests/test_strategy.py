@@ -5,6 +5,14 @@ import json
 import numpy as np
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
+from common.ledger import (
+    GENESIS,
+    entry_of_message,
+    entry_recorddict,
+    generate_signing_key,
+    make_entry,
+    record_of_entry,
+)
 from common.records import PrivacyRecord
 from common.weights import to_record
 from server.checkpoint import checkpoint_path, load_checkpoint
@@ -19,12 +27,17 @@ def record(node, kind="train", eps=1.0, **kw) -> PrivacyRecord:
                          epsilon_budget=8.0, **kw)
 
 
-def reply(node, arrays=None, n=1, rec="train"):
+KEYS = {node: generate_signing_key() for node in range(1, 6)}
+
+
+def reply(node, arrays=None, n=1, rec="train", key=None):
     ins = Message(content=RecordDict(), dst_node_id=node, message_type="train")
     content = RecordDict()
     if rec is not None:
-        content = record(node, kind=rec, reason="budget exhausted" if rec == "refused" else ""
-                         ).to_recorddict()
+        signed = make_entry(record(node, kind=rec,
+                                   reason="budget exhausted" if rec == "refused" else ""),
+                            None, GENESIS, key or KEYS[node])
+        content = entry_recorddict(signed)
     if arrays is not None:
         content["arrays"] = to_record(arrays)
         content["metrics"] = MetricRecord({"num-examples": n})
@@ -51,11 +64,15 @@ def test_refusals_and_recordless_replies_are_left_out_and_the_round_goes_on(tmp_
     a = {"w": np.array([2.0], dtype=np.float32)}
     b = {"w": np.array([4.0], dtype=np.float32)}
     forged = {"w": np.array([1000.0], dtype=np.float32)}
+    tampered = reply(5, forged)
+    entry = json.loads(str(tampered.content["privacy"]["entry"]))
+    entry["record"]["epsilon"] = 0.1  # changed after signing
+    tampered.content["privacy"]["entry"] = json.dumps(entry)
     arrays, _ = s.aggregate_train(1, [reply(1, a), reply(2, b), reply(3, rec="refused"),
-                                      reply(4, forged, rec=None)])
+                                      reply(4, forged, rec=None), tampered])
     np.testing.assert_allclose(arrays["w"].numpy(), [3.0])
     outcome = s.rounds[1]
-    assert len(outcome.trained) == 2 and len(outcome.refused) == 1 and outcome.rejected == 1
+    assert len(outcome.trained) == 2 and len(outcome.refused) == 1 and outcome.rejected == 2
     lines = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
     assert [(x["received_from"], x["record"]["kind"]) for x in lines] == [
         (1, "train"), (2, "train"), (3, "refused")]
@@ -68,8 +85,10 @@ def test_all_refusing_leaves_the_model_unchanged(tmp_path):
     assert not checkpoint_path(tmp_path, 2).exists()
 
 
-def test_record_survives_the_wire_format_unchanged():
-    rec = record(9, disclosed={"num-examples": 12})
-    carried = rec.to_recorddict()["privacy"]
-    assert isinstance(carried, ConfigRecord)
-    assert PrivacyRecord.from_json(str(carried["record"])) == rec
+def test_signed_entry_survives_the_wire_format_unchanged():
+    signed = make_entry(record(9, disclosed={"num-examples": 12}), None, GENESIS, KEYS[1])
+    msg = Message(content=entry_recorddict(signed), dst_node_id=9, message_type="train")
+    assert isinstance(msg.content["privacy"], ConfigRecord)
+    assert entry_of_message(msg) == signed
+    assert record_of_entry(signed) == record(9, disclosed={"num-examples": 12},
+                                             created_at=record_of_entry(signed).created_at)

@@ -1,0 +1,238 @@
+"""`fedpriv client`: a partner's SuperNode, checked before it connects.
+
+Everything a partner can get wrong is checked first and reported in one line: the root
+certificate and node key files, the data file (loaded as the ClientApp will load it),
+the budget, whether the coordinator answers, and whether its TLS certificate verifies
+against the partner's ``ca.pem`` for the address dialled. Then ``flower-supernode`` runs
+until it exits; Ctrl-C and SIGTERM stop it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import socket
+import ssl
+import sys
+from pathlib import Path
+
+from certs import tool
+from common.errors import ConfigError
+from common.launch import (
+    LaunchError,
+    Service,
+    child_env,
+    executable,
+    flower_exit,
+    key_values,
+    parse_address,
+    sigterm_as_interrupt,
+    warn_insecure,
+)
+
+DEFAULT_STATE_DIR = Path("~/.fedpriv/node")
+DEFAULT_LOCAL_PORT = 9094
+CONNECT_TIMEOUT = 5.0
+
+
+def _refusal_hint(reason: str) -> str:
+    """What a partner should do about Flower's reason for stopping the SuperNode."""
+    if "activate" in reason:
+        return ("the coordinator has not registered this node's public key: send them "
+                "node-NAME.pub and ask them to admit it")
+    if "disconnected" in reason or "without sending" in reason:
+        return "is the coordinator running with TLS? an --insecure node cannot talk to it"
+    if "CERTIFICATE_VERIFY_FAILED" in reason:
+        return "the coordinator's certificate does not verify against --root-cert"
+    return "see the SuperNode log above"
+
+
+class CoordinatorError(ConfigError):
+    """The coordinator cannot be reached, or its certificate does not verify."""
+
+
+def check_reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> None:
+    """A TCP connection to the coordinator succeeds, or a one-line error says why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except TimeoutError:
+        reason = f"no answer within {timeout:.0f} s (firewall?)"
+    except OSError as err:
+        reason = err.strerror or str(err)
+    raise CoordinatorError(f"cannot reach coordinator {host}:{port}: {reason}")
+
+
+def check_tls(host: str, port: int, root_cert: Path, timeout: float = CONNECT_TIMEOUT) -> None:
+    """The coordinator's certificate verifies against ``root_cert`` for ``host``.
+
+    The same checks the SuperNode's TLS client makes (chain, validity, host name), done
+    here so a wrong ca.pem, a certificate for another name or an expired one is one line
+    instead of a retry loop.
+    """
+    context = ssl.create_default_context(cafile=str(root_cert))
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return
+    except ssl.SSLCertVerificationError as err:
+        message = err.verify_message or str(err)
+        if err.verify_code == 10:
+            hint = "the coordinator must renew its server certificate"
+        elif err.verify_code in (2, 18, 19, 20, 21):
+            hint = (f"it is not signed by the CA in {root_cert}; get the coordinator's "
+                    "current ca.pem")
+        elif "mismatch" in message.lower():
+            hint = "dial a name listed in the certificate, or ask the coordinator to add this one"
+        else:
+            hint = "check --root-cert and --coordinator"
+        raise CoordinatorError(f"coordinator {host}:{port} TLS certificate rejected: "
+                               f"{message}; {hint}") from None
+    except ssl.SSLError as err:
+        raise CoordinatorError(f"TLS handshake with coordinator {host}:{port} failed: "
+                               f"{err.reason or err}; is it running with TLS?") from None
+    except TimeoutError:
+        raise CoordinatorError(f"TLS handshake with coordinator {host}:{port} timed out; is it "
+                               "running with TLS?") from None
+    except OSError as err:
+        raise CoordinatorError(f"cannot reach coordinator {host}:{port}: "
+                               f"{err.strerror or err}") from None
+
+
+def check_local_port(port: int) -> None:
+    """The SuperNode's own local port is free (two nodes on one machine need two ports)."""
+    if not 0 < port < 65536:
+        raise ConfigError(f"invalid --port {port}: must be 1-65535")
+    with socket.socket() as probe:
+        # As uvicorn does: a port still in TIME_WAIT from an earlier node is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise ConfigError(f"local --port {port} is in use (another SuperNode?); choose "
+                              "another --port") from None
+
+
+def check_budget(max_epsilon: float, delta: float | None) -> None:
+    if not (math.isfinite(max_epsilon) and max_epsilon > 0):
+        raise ConfigError(f"invalid --max-epsilon {max_epsilon}: must be a finite number > 0")
+    if delta is not None and not 0 < delta < 1:
+        raise ConfigError(f"invalid --delta {delta}: must be between 0 and 1 (exclusive)")
+
+
+def check_data(args: argparse.Namespace) -> str:
+    """Load the data file as the ClientApp will; returns a one-line summary."""
+    from common.config import DataConfig
+    from common.data import load_labelled_texts
+
+    cfg = DataConfig(data_path=str(args.data), text_column=args.text_column,
+                     label_column=args.label_column, encoding=args.encoding)
+    data = load_labelled_texts(cfg)
+    return f"{len(data)} rows, labels {', '.join(data.label_names)}"
+
+
+def node_config(args: argparse.Namespace, state_dir: Path) -> dict[str, str | float]:
+    """What the ClientApp reads from ``context.node_config``: the node's own settings."""
+    from client.node import DELTA_KEY, MAX_EPSILON_KEY, STATE_DIR_KEY  # imports flwr: late
+
+    config: dict[str, str | float] = {
+        "data-path": str(args.data.resolve()), "text-column": args.text_column,
+        "label-column": args.label_column, "encoding": args.encoding,
+        MAX_EPSILON_KEY: float(args.max_epsilon), STATE_DIR_KEY: str(state_dir)}
+    if args.delta is not None:
+        config[DELTA_KEY] = float(args.delta)
+    return config
+
+
+def supernode_command(args: argparse.Namespace, config: dict[str, str | float]) -> list[str]:
+    command = [executable("flower-supernode"), "--superlink", args.coordinator,
+               "--node-config", key_values(config), "--port", str(args.port)]
+    if args.insecure:
+        command.append("--insecure")
+    else:
+        command += ["--root-certificates", str(args.root_cert.resolve())]
+        command += ["--auth-supernode-private-key", str(args.node_key.resolve())]
+    if args.max_wait_time is not None:
+        command += ["--max-wait-time", str(args.max_wait_time)]
+    return command
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of ``fedpriv client``."""
+    parser.add_argument("--coordinator", required=True, metavar="HOST:PORT",
+                        help="the coordinator's SuperLink, a name in its certificate")
+    parser.add_argument("--root-cert", type=Path, metavar="CA.PEM",
+                        help="the ca.pem the coordinator sent (required unless --insecure)")
+    parser.add_argument("--node-key", type=Path, metavar="NODE-NAME.KEY",
+                        help="this node's private key from `fedpriv certs node NAME` "
+                             "(required unless --insecure)")
+    parser.add_argument("--data", type=Path, required=True, metavar="FILE",
+                        help="this node's CSV or JSONL file; it never leaves this machine")
+    parser.add_argument("--text-column", default="text", help="(default: text)")
+    parser.add_argument("--label-column", default="label", help="(default: label)")
+    parser.add_argument("--encoding", default="utf-8", help="(default: utf-8)")
+    parser.add_argument("--max-epsilon", type=float, required=True,
+                        help="the largest total epsilon this node accepts; it refuses rounds "
+                             "beyond it, whatever the coordinator asks")
+    parser.add_argument("--delta", type=float, default=None,
+                        help="the largest delta this node accepts (default: the run's)")
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                        help="this node's ledger, signing key and privacy spend, kept across "
+                             f"runs (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--port", type=int, default=DEFAULT_LOCAL_PORT,
+                        help="the SuperNode's local port; nodes on one machine need different "
+                             f"ports (default {DEFAULT_LOCAL_PORT})")
+    parser.add_argument("--max-wait-time", type=float, default=None, metavar="SECONDS",
+                        help="give up if the coordinator stays unreachable this long "
+                             "(default: keep retrying)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plain-text HTTP, no TLS and no node authentication (tests only)")
+    return parser
+
+
+def _check_files(args: argparse.Namespace) -> None:
+    if args.insecure:
+        if args.node_key is not None:
+            raise ConfigError("--insecure cannot be combined with --node-key: Flower's node "
+                              "authentication needs TLS; drop --insecure")
+        return
+    for flag, value in (("--root-cert", args.root_cert), ("--node-key", args.node_key)):
+        if value is None:
+            raise ConfigError(f"{flag} is required (or --insecure, for tests only)")
+    tool.check_certificate(args.root_cert)
+    tool.check_node_key(args.node_key)
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    """``fedpriv client``: check everything, then run the SuperNode until it exits."""
+    host, port = parse_address(args.coordinator, "--coordinator")
+    _check_files(args)
+    check_budget(args.max_epsilon, args.delta)
+    check_local_port(args.port)
+    print(f"fedpriv: data {args.data}: {check_data(args)}", flush=True)
+    check_reachable(host, port)
+    if args.insecure:
+        warn_insecure("this node talks to the coordinator")
+    else:
+        check_tls(host, port, args.root_cert)
+    state_dir = args.state_dir.expanduser().resolve()
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    command = supernode_command(args, node_config(args, state_dir))
+    print(f"fedpriv: starting SuperNode for {args.coordinator} (max epsilon "
+          f"{args.max_epsilon:g}); state {state_dir}", flush=True)
+    # Flower installs each run's app under FLWR_HOME: keep it with the node's state.
+    env = child_env(FLWR_HOME=str(state_dir / "flwr-home"))
+    with sigterm_as_interrupt():
+        node = Service("flower-supernode", command, env, output=sys.stdout)
+        try:
+            code = node.wait()
+        finally:
+            node.stop(grace=15)
+    if code != 0:
+        reported = flower_exit(node.tail)
+        reason = reported[1] if reported else node.last_error()
+        raise LaunchError(f"flower-supernode stopped: {reason} ({_refusal_hint(reason)})")
+    return 0
