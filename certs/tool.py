@@ -25,7 +25,6 @@ import ipaddress
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, Pub
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.errors import FedPrivError
+from common.files import write_atomic
 
 KeyType = Literal["ec", "rsa"]
 KEY_TYPES: tuple[KeyType, ...] = ("ec", "rsa")
@@ -144,37 +144,12 @@ def _refuse_existing(paths: Iterable[Path], force: bool) -> None:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int, force: bool) -> None:
-    """Write ``data`` to ``path`` via a temporary file, so readers see all or nothing.
-
-    The temporary file is created 0600 (``mkstemp``) and only then opened up to ``mode``:
-    a private key is never readable by others, not even for a moment.
-    """
+    """All or nothing, private from the first byte, never a silent overwrite."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        if force:
-            os.replace(tmp, path)
-        else:
-            # link() fails if the target appeared since the check: no silent overwrite.
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise CertError(f"{path} already exists; pass --force to replace it") from None
-            os.unlink(tmp)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+        write_atomic(path, data, mode=mode, replace=force)
+    except FileExistsError:
+        raise CertError(f"{path} already exists; pass --force to replace it") from None
 
 
 def _new_key(key_type: KeyType) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:

@@ -20,7 +20,7 @@ from flwr.app import Context
 from common.config import RunConfig
 from common.data import LabelledTexts, load_labelled_texts, split
 from common.errors import ConfigError
-from common.files import atomic_write
+from common.files import write_atomic
 from common.ledger import create_node_key, load_private_key
 from common.partition import client_partition, simulation_split
 from common.privacy import History, PrivacyPlan
@@ -152,8 +152,7 @@ class PrivacyState:
                               ) from None
 
     def save(self, path: Path) -> None:
-        text = json.dumps({"runs": self.runs}, indent=1)
-        atomic_write(path, lambda tmp: tmp.write_text(text))
+        write_atomic(path, json.dumps({"runs": self.runs}, indent=1).encode())
 
     def plan(self, run_id: int) -> PrivacyPlan | None:
         saved = self.runs.get(str(run_id), {}).get("plan")

@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from common.errors import FedPrivError
+from common.files import write_atomic
 from common.records import KINDS, RECORD_KEY, PrivacyRecord
 
 GENESIS = "0" * 64
@@ -78,7 +78,7 @@ def save_private_key(key: Ed25519PrivateKey, path: str | Path, *, force: bool = 
                   else serialization.NoEncryption())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             encryption)
-    _write_private(path, pem)
+    write_atomic(path, pem, mode=0o600)
     return path
 
 
@@ -183,22 +183,6 @@ def _read_key_file(path: Path, what: str) -> bytes:
         raise LedgerError(f"{what} {path} not found") from None
     except OSError as exc:
         raise LedgerError(f"{what} {path} cannot be read: {exc.strerror}") from None
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    # Created 0600 from the start (never world-readable, even briefly), then moved in.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- fingerprints for the record's `extra` ---------------------------------------

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
-from common.files import atomic_write
+from common.files import write_atomic
 
 
 def checkpoint_path(run_dir: Path, server_round: int) -> Path:
@@ -17,7 +17,7 @@ def checkpoint_path(run_dir: Path, server_round: int) -> Path:
 def save_checkpoint(run_dir: Path, server_round: int, arrays: dict[str, np.ndarray]) -> Path:
     path = checkpoint_path(run_dir, server_round)
     contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
-    atomic_write(path, lambda tmp: save_file(contiguous, str(tmp)))
+    write_atomic(path, save(contiguous))
     return path
 
 

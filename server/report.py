@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from common.files import atomic_write
+from common.files import write_atomic
 from server.strategy import PrivacyFedAvg
 
 COLUMNS = ("round", "trained", "refused", "failed", "loss", "accuracy", "fed_accuracy",
@@ -75,12 +75,12 @@ class RoundReporter:
 
     def _write(self) -> None:
         payload = json.dumps({"config": self.config, "rounds": self.rows}, indent=2)
-        atomic_write(self.run_dir / "metrics.json", lambda p: p.write_text(payload))
+        write_atomic(self.run_dir / "metrics.json", payload.encode())
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(self.rows)
-        atomic_write(self.run_dir / "metrics.csv", lambda p: p.write_text(out.getvalue()))
+        write_atomic(self.run_dir / "metrics.csv", out.getvalue().encode())
 
 
 def _fmt(value) -> str:
