@@ -92,3 +92,18 @@ def test_signed_entry_survives_the_wire_format_unchanged():
     assert entry_of_message(msg) == signed
     assert record_of_entry(signed) == record(9, disclosed={"num-examples": 12},
                                              created_at=record_of_entry(signed).created_at)
+
+
+def test_malformed_updates_are_rejected_and_do_not_move_the_model(tmp_path):
+    s = strategy(tmp_path)
+    good = {"w": np.array([2.0, 4.0], dtype=np.float32)}
+    s.global_arrays = {"w": np.zeros(2, dtype=np.float32)}
+    bad = [{"w": np.array([np.nan, 1.0], dtype=np.float32)},
+           {"w": np.array([1.0, np.inf], dtype=np.float32)},
+           {"w": np.ones(3, dtype=np.float32)},
+           {"w": np.ones(2, dtype=np.float64)},
+           {"v": np.ones(2, dtype=np.float32)}]
+    replies = [reply(1, good)] + [reply(2 + i % 4, arrays) for i, arrays in enumerate(bad)]
+    arrays, _ = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), [2.0, 4.0])
+    assert s.rounds[1].rejected == 5 and len(s.rounds[1].trained) == 1
