@@ -474,6 +474,17 @@ def check_certificate(path: Path | str, *, expect_host: str | None = None,
     return cert
 
 
+def _read_private(path: Path, what: str, require_private_mode: bool) -> bytes:
+    """Read a private key, refusing (as ssh does) one that others could read and copy."""
+    data = _read(path, what)
+    if require_private_mode and os.name == "posix":
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise CertError(f"private key {path} is accessible by other users "
+                            f"(mode {mode:04o}); run `chmod 600 {path}`")
+    return data
+
+
 def check_private_key(path: Path | str, *,
                       require_private_mode: bool = True) -> PrivateKeyTypes:
     """Load an unencrypted PEM private key (what gRPC reads) or fail with one line.
@@ -482,12 +493,7 @@ def check_private_key(path: Path | str, *,
     does: a key that others could copy no longer proves who holds it.
     """
     path = Path(path)
-    data = _read(path, "private key")
-    if require_private_mode and os.name == "posix":
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise CertError(f"private key {path} is accessible by other users "
-                            f"(mode {mode:04o}); run `chmod 600 {path}`")
+    data = _read_private(path, "private key", require_private_mode)
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:
@@ -528,12 +534,7 @@ def check_node_key(path: Path | str, *, require_private_mode: bool = True
                    ) -> ec.EllipticCurvePrivateKey:
     """Load a SuperNode authentication private key the way flower-supernode does, or fail."""
     path = Path(path)
-    data = _read(path, "node private key")
-    if require_private_mode and os.name == "posix":
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise CertError(f"private key {path} is accessible by other users "
-                            f"(mode {mode:04o}); run `chmod 600 {path}`")
+    data = _read_private(path, "node private key", require_private_mode)
     try:
         key = serialization.load_ssh_private_key(data, password=None)
     except TypeError:
