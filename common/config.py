@@ -118,7 +118,7 @@ class TrainConfig:
     local_epochs: int = 1
     # > 0 fixes the DP-SGD steps per round, overriding --local-epochs.
     local_steps: int = 0
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-2
     seed: int = 42
     device: str = "auto"
 
