@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from common import privacy  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.data import encode, load_labelled_texts, subsample  # noqa: E402
+from common.ledger import GENESIS, entry_to_json, generate_signing_key, make_entry  # noqa: E402
 from common.model import build_model, load_tokenizer, pick_device, trainable_state  # noqa: E402
 from common.records import PrivacyRecord  # noqa: E402
 from common.training import make_optimizer  # noqa: E402
@@ -70,7 +71,9 @@ def payload_bytes(cfg: RunConfig) -> int:
                         accountant="prv", noise_multiplier=1.0, sample_rate=0.03, steps=30,
                         total_steps=30, max_grad_norm=1.0, delta=1e-5, epsilon=1.0,
                         epsilon_budget=8.0, disclosed={"num-examples": 1000})
-    return nbytes(to_record(trainable_state(model))) + len(rec.to_json())
+    # The record travels signed and chained: measure the entry exactly as sent.
+    entry = make_entry(rec, None, GENESIS, generate_signing_key())
+    return nbytes(to_record(trainable_state(model))) + len(entry_to_json(entry))
 
 
 def simulated_round_share(cfg: RunConfig, dp_step: float, local_steps: int) -> dict:

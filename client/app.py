@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import replace
 
 import opacus
 import torch
@@ -105,7 +106,7 @@ class NodeRound:
               sent: dict | None = None) -> Message:
         # Everything in the MetricRecord leaves the node without DP: the record names it.
         if metrics:
-            record = PrivacyRecord(**{**record.__dict__, "disclosed": dict(metrics)})
+            record = replace(record, disclosed=dict(metrics))
         content = self.sign(record, sent)
         if sent is not None:
             content["arrays"] = to_record(sent)

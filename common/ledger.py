@@ -202,14 +202,6 @@ def fingerprint_arrays(arrays: Iterable[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def fingerprint_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def data_commitment(data_sha256: str, salt: bytes) -> str:
     """A hiding commitment to the node's data: HMAC-SHA256(salt, sha256 of the data).
 

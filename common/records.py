@@ -7,9 +7,8 @@ canonical JSON, so the bytes an auditor reads in the ledger are the bytes the no
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 RECORD_KEY = "privacy"
@@ -41,10 +40,3 @@ class PrivacyRecord:
     # of the models and a commitment to the data, accountant settings, round times
     # (see common.ledger.make_extra). Hashes and settings only, never data.
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> PrivacyRecord:
-        return cls(**json.loads(text))
