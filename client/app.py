@@ -15,17 +15,19 @@ from dataclasses import replace
 
 import opacus
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 from torch.utils.data import DataLoader
 
 from client.node import NodeFiles, PrivacyState, budget_of, local_data, node_index
+from client.outbox import Outbox, Outgoing
 from common import privacy
 from common.config import RunConfig
 from common.data import LabelledTexts, encode
 from common.ledger import (
     NodeLedger,
     data_commitment,
+    entry_hash,
     entry_recorddict,
     fingerprint_arrays,
     make_extra,
@@ -37,7 +39,7 @@ from common.model import (
     pick_device,
     trainable_state,
 )
-from common.records import PrivacyRecord
+from common.records import LEDGER_HEAD_KEY, LEDGER_RUN_KEY, PrivacyRecord
 from common.training import evaluate, make_optimizer, train_steps
 from common.weights import from_record, to_record
 
@@ -48,17 +50,25 @@ log = logging.getLogger("fedpriv.client")
 class NodeRound:
     """What one message asks of this node, with the node's own files, budget and data."""
 
-    def __init__(self, msg: Message, context: Context) -> None:
+    def __init__(self, msg: Message, context: Context, kind: str) -> None:
         self.started_at = time.time()
+        self.kind = kind
         config = dict(msg.content["config"])
         self.server_round = int(config.pop("server-round"))
+        # The run this node's records belong to: Flower's run, or for a resumed federation
+        # the first run's id, so plan and spend carry on under one key.
+        self.run_id = int(config.pop(LEDGER_RUN_KEY, context.run_id))
+        self.ledger_head = str(config.pop(LEDGER_HEAD_KEY, ""))
         self.cfg = RunConfig.from_flat(config)
         self.msg, self.context = msg, context
         self.budget = budget_of(self.cfg, context.node_config)
         self.files = NodeFiles.of(self.cfg, context)
+        self.outbox = Outbox(self.files.directory / "outbox")
         self.state = PrivacyState.load(self.files.state)
         self.train_rows, self.eval_rows = local_data(self.cfg, context.node_config)
         self.received = from_record(msg.content["arrays"])
+        self.model_in = fingerprint_arrays(self.received.values())
+        self.ledger = NodeLedger(self.files.ledger, self.files.signing_key())
         self.device = pick_device(self.cfg.train.device)
         self.tokenizer = load_tokenizer(self.cfg.model)
         self.model = build_model(self.cfg.model, self.train_rows.label_names, self.cfg.train.seed)
@@ -74,7 +84,7 @@ class NodeRound:
 
     def record(self, kind: str, **fields) -> PrivacyRecord:
         """This node's record for the round, from its plan and accountant history."""
-        run_id = self.context.run_id
+        run_id = self.run_id
         p = self.state.plan(run_id)
         base = dict(run_id=run_id, round=self.server_round, node_id=self.context.node_id,
                     kind=kind, mechanism="none", accountant="", noise_multiplier=0.0,
@@ -90,35 +100,64 @@ class NodeRound:
                                                       p.accountant))
         return PrivacyRecord(**{**base, **fields})
 
-    def sign(self, record: PrivacyRecord, sent: dict | None = None) -> RecordDict:
-        """Append the record to the node's own ledger; the signed entry goes in the reply."""
+    def reply(self, record: PrivacyRecord, metrics: dict | None = None,
+              sent: dict | None = None) -> Message:
+        """Sign the record into the node's ledger and answer with it.
+
+        The signed reply goes to the outbox before the ledger: a node killed in between
+        finds it there and sends that same reply again, never a second record for the round.
+        """
+        # Everything in the MetricRecord leaves the node without DP: the record names it.
+        if metrics:
+            record = replace(record, disclosed=dict(metrics))
         rows = json.dumps([self.train_rows.texts, self.train_rows.labels]).encode()
         extra = make_extra(
-            model_in=fingerprint_arrays(self.received.values()),
+            model_in=self.model_in,
             model_out=fingerprint_arrays(sent.values()) if sent else None,
             data=data_commitment(hashlib.sha256(rows).hexdigest(), self.files.data_salt()),
             accountant_settings={"opacus": opacus.__version__},
             started_at=self.started_at, finished_at=time.time())
-        entry = NodeLedger(self.files.ledger, self.files.signing_key()).append(record, extra)
-        return entry_recorddict(entry)
+        reply = Outgoing(run_id=self.run_id, round=self.server_round, kind=self.kind,
+                         model_in=self.model_in, entry=self.ledger.sign(record, extra),
+                         metrics=metrics or {}, arrays=sent)
+        self.outbox.save(reply)
+        self.ledger.commit(reply.entry)
+        return self.message(reply)
 
-    def reply(self, record: PrivacyRecord, metrics: dict | None = None,
-              sent: dict | None = None) -> Message:
-        # Everything in the MetricRecord leaves the node without DP: the record names it.
-        if metrics:
-            record = replace(record, disclosed=dict(metrics))
-        content = self.sign(record, sent)
-        if sent is not None:
-            content["arrays"] = to_record(sent)
-        if metrics:
-            content["metrics"] = MetricRecord(metrics)
+    def replay(self) -> Message | None:
+        """The reply already signed for this very request (same run, round and model)."""
+        sent = self.outbox.load(self.kind)
+        if sent is None or (sent.run_id, sent.round, sent.model_in) != (
+                self.run_id, self.server_round, self.model_in):
+            return None
+        self.ledger.commit(sent.entry)
+        log.warning("round %s asked again (the coordinator restarted?): sending the reply "
+                    "already signed, with no new spend", self.server_round)
+        return self.message(sent)
+
+    def message(self, reply: Outgoing) -> Message:
+        # Entries the server has not acknowledged (after its ledger head) travel along.
+        mine = entry_hash(reply.entry)
+        earlier = []
+        for entry in self.ledger.after(self.ledger_head, self.run_id):
+            if entry_hash(entry) == mine:
+                break
+            earlier.append(entry)
+        content = entry_recorddict(reply.entry, earlier)
+        if reply.arrays is not None:
+            content["arrays"] = to_record(reply.arrays)
+        if reply.metrics:
+            content["metrics"] = MetricRecord(reply.metrics)
         return Message(content=content, reply_to=self.msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    node = NodeRound(msg, context)
-    cfg, run_id = node.cfg, context.run_id
+    node = NodeRound(msg, context, "train")
+    answered = node.replay()
+    if answered is not None:
+        return answered
+    cfg, run_id = node.cfg, node.run_id
     train_set = node.dataset(node.train_rows)
     loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True)
     steps = cfg.train.local_steps or cfg.train.local_epochs * len(loader)
@@ -168,7 +207,10 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
-    node = NodeRound(msg, context)
+    node = NodeRound(msg, context, "evaluate")
+    answered = node.replay()
+    if answered is not None:
+        return answered
     eval_set = node.dataset(node.eval_rows)
     loss, accuracy = evaluate(node.model, eval_set, node.cfg.train.batch_size, node.device)
     metrics = {"num-examples": len(eval_set), "eval-loss": loss, "eval-accuracy": accuracy}

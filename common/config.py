@@ -18,6 +18,9 @@ from common.errors import ConfigError
 ACCOUNTANTS = ("prv", "rdp")
 PARTITIONERS = ("iid", "dirichlet", "label")
 FINETUNE_MODES = ("lora", "full")
+# fedavg: Flower's FedAvg; median: FedMedian (coordinate-wise median); trimmed-mean:
+# FedTrimmedAvg (drops the trim-fraction largest and smallest values per coordinate).
+AGGREGATIONS = ("fedavg", "median", "trimmed-mean")
 
 
 def key_of(field_name: str) -> str:
@@ -138,10 +141,18 @@ class FederationConfig:
     fraction_evaluate: float = 0.0
     min_train_clients: int = 2
     min_available_clients: int = 2
+    # A round changes the global model only when at least this many updates were accepted
+    # (nodes that dropped out, refused or sent a rejected update do not count).
+    min_updates: int = 1
+    aggregation: str = "fedavg"
+    trim_fraction: float = 0.2
     # Evaluate the global model on the server's held-out split after every round.
     central_eval: bool = True
     round_timeout: float = 3600.0
     run_dir: str = "runs/latest"
+    # Continue the run in run-dir from its last good checkpoint and its ledger
+    # (`fedpriv server --resume RUN_DIR`, `fedpriv simulate --resume RUN_DIR`).
+    resume: bool = False
 
     def __post_init__(self) -> None:
         _check(self.num_rounds >= 1, "num-rounds", self.num_rounds, "must be >= 1")
@@ -153,6 +164,11 @@ class FederationConfig:
                "must be >= 1")
         _check(self.min_available_clients >= 1, "min-available-clients",
                self.min_available_clients, "must be >= 1")
+        _check(self.min_updates >= 1, "min-updates", self.min_updates, "must be >= 1")
+        _check(self.aggregation in AGGREGATIONS, "aggregation", self.aggregation,
+               f"choose one of {', '.join(AGGREGATIONS)}")
+        _check(0.0 <= self.trim_fraction < 0.5, "trim-fraction", self.trim_fraction,
+               "must be in [0, 0.5)")
         _check(self.round_timeout > 0, "round-timeout", self.round_timeout, "must be > 0")
         _check(bool(self.run_dir), "run-dir", self.run_dir, "must not be empty")
 

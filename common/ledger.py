@@ -455,15 +455,42 @@ class NodeLedger:
         if own:
             self.last_hash = entry_hash(own[-1].entry)
 
+    def sign(self, record: PrivacyRecord, extra: Mapping[str, Any] | None = None) -> dict:
+        """The entry for `record` (+ `extra`) chained after the last one; not yet written."""
+        return make_entry(record, extra, self.last_hash, self._key)
+
+    def commit(self, entry: Mapping[str, Any]) -> None:
+        """Write a signed entry durably, unless the ledger holds it already."""
+        h = entry_hash(entry)
+        if h == self.last_hash or h in {entry_hash(e) for e in self.entries()}:
+            return
+        if entry["prev_hash"] != self.last_hash:
+            raise LedgerError(f"ledger {self.path}: the entry does not follow the last one "
+                              "(signed before a later entry was written)")
+        append_line(self.path, entry)
+        self.last_hash = h
+
     def append(self, record: PrivacyRecord, extra: Mapping[str, Any] | None = None) -> dict:
         """Sign `record` (+ `extra`) onto the chain, write it durably, return the entry."""
-        entry = make_entry(record, extra, self.last_hash, self._key)
-        append_line(self.path, entry)
-        self.last_hash = entry_hash(entry)
+        entry = self.sign(record, extra)
+        self.commit(entry)
         return entry
 
     def entries(self) -> list[dict[str, Any]]:
         return read_entries(self.path) if self.path.exists() else []
+
+    def after(self, head: str, run_id: int) -> list[dict[str, Any]]:
+        """This key's entries of run `run_id` written after the entry hashed `head`.
+
+        With no head (the server holds nothing from this node yet), all of the run's.
+        A head not in this ledger names no entry of ours: nothing is sent.
+        """
+        own = [e for e in self.entries() if e["node_key"] == self.node_key]
+        hashes = [entry_hash(e) for e in own]
+        if head and head not in hashes:
+            return []
+        start = hashes.index(head) + 1 if head else 0
+        return [e for e in own[start:] if e["record"]["run_id"] == run_id]
 
 
 # --- verification -------------------------------------------------------------------
@@ -587,19 +614,41 @@ def _chain_problem(prev: str, where_of: Mapping[str, LedgerLine],
 # --- on the wire ---------------------------------------------------------------------
 
 
-def entry_recorddict(entry: Mapping[str, Any]) -> RecordDict:
-    """The reply content that carries a signed entry (the node adds arrays and metrics)."""
-    return RecordDict({RECORD_KEY: ConfigRecord({"entry": entry_to_json(entry)})})
+def entry_recorddict(entry: Mapping[str, Any],
+                     earlier: Sequence[Mapping[str, Any]] = ()) -> RecordDict:
+    """The reply content that carries a signed entry (the node adds arrays and metrics).
+
+    `earlier` are this node's entries the server may not have (see NodeLedger.after):
+    a reply lost with a coordinator that restarted, or a node killed between signing
+    and sending. The server keeps those it lacks, so the chain it holds has no gap.
+    """
+    config = ConfigRecord({"entry": entry_to_json(entry)})
+    if earlier:
+        config["earlier"] = [entry_to_json(e) for e in earlier]
+    return RecordDict({RECORD_KEY: config})
 
 
-def entry_of_message(message: Message) -> dict[str, Any]:
-    """The signed entry a reply carries; LedgerError if it has none, or a bad one."""
+def entries_of_message(message: Message) -> list[dict[str, Any]]:
+    """The signed entries a reply carries, oldest first, the reply's own one last.
+
+    LedgerError if there is none, or any is malformed, badly signed or from another key.
+    """
     if message.has_error():
         raise LedgerError(f"error reply: {message.error.reason}")
     records = message.content.config_records
     if RECORD_KEY not in records or "entry" not in records[RECORD_KEY]:
         raise LedgerError("reply carries no privacy record")
-    entry = entry_from_json(str(records[RECORD_KEY]["entry"]))
-    if not signature_ok(entry):
-        raise LedgerError("privacy record signature does not verify")
-    return entry
+    carried = records[RECORD_KEY]
+    texts = [*carried.get("earlier", []), carried["entry"]]
+    entries = [entry_from_json(str(text)) for text in texts]
+    for entry in entries:
+        if not signature_ok(entry):
+            raise LedgerError("privacy record signature does not verify")
+        if entry["node_key"] != entries[-1]["node_key"]:
+            raise LedgerError("a reply carries entries signed by another node's key")
+    return entries
+
+
+def entry_of_message(message: Message) -> dict[str, Any]:
+    """The signed entry of a reply itself (LedgerError as for `entries_of_message`)."""
+    return entries_of_message(message)[-1]

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RECORD_KEY = "privacy"
+# Config keys the server adds to each request: the run a node's records belong to (for a
+# resumed federation, its first Flower run) and the newest entry the server holds from it.
+LEDGER_RUN_KEY, LEDGER_HEAD_KEY = "ledger-run", "ledger-head"
 KINDS = ("train", "refused", "evaluate")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -54,5 +55,27 @@ def evaluate(model: torch.nn.Module, dataset: TensorDataset, batch_size: int,
     return total_loss / n, correct / n
 
 
+# The local optimizer's settings (PyTorch's AdamW defaults, spelled out because the
+# server's bound on an honest update below is derived from them).
+ADAM_BETAS = (0.9, 0.999)
+WEIGHT_DECAY = 0.01
+
+
 def make_optimizer(model: torch.nn.Module, learning_rate: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
+                             betas=ADAM_BETAS, weight_decay=WEIGHT_DECAY)
+
+
+def max_update_norm(steps: int, learning_rate: float, num_weights: int,
+                    weight_norm: float) -> float:
+    """The largest L2 norm an update from `steps` local AdamW steps can have.
+
+    Adam normalises each coordinate of the (clipped, noised) gradient, so one step moves
+    a weight by at most lr * max(1, (1 - beta1) / sqrt(1 - beta2)) (Kingma & Ba 2015,
+    section 2.1), whatever the gradient; decoupled weight decay adds lr * wd * |w|.
+    Over `steps` steps and `num_weights` trainable weights that bounds the update.
+    """
+    beta1, beta2 = ADAM_BETAS
+    per_weight = learning_rate * max(1.0, (1 - beta1) / math.sqrt(1 - beta2))
+    return steps * (per_weight * math.sqrt(num_weights)
+                    + learning_rate * WEIGHT_DECAY * weight_norm)

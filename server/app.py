@@ -6,8 +6,12 @@ this same app.
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -16,6 +20,7 @@ from rich.console import Console
 from common.config import RunConfig
 from common.data import EMBEDDED_LABELS, encode, load_labelled_texts
 from common.errors import ConfigError
+from common.files import write_atomic
 from common.model import (
     build_model,
     export_pretrained,
@@ -27,16 +32,18 @@ from common.model import (
 from common.partition import simulation_split
 from common.training import evaluate
 from common.weights import from_record, to_record
+from server.checkpoint import latest_good_checkpoint
 from server.ledger import Ledger
 from server.report import RoundReporter
-from server.strategy import PrivacyFedAvg
+from server.strategy import make_strategy, update_problem
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    run_federation(grid, RunConfig.from_flat(dict(context.run_config)))
+    cfg = RunConfig.from_flat(dict(context.run_config))
+    run_federation(grid, cfg, flower_run=context.run_id)
 
 
 def resolve_labels(cfg: RunConfig) -> RunConfig:
@@ -48,39 +55,104 @@ def resolve_labels(cfg: RunConfig) -> RunConfig:
     return cfg.replace(labels=",".join(load_labelled_texts(cfg.data).label_names))
 
 
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Where a run starts: round 0 and the built model, or a resumed run's checkpoint."""
+
+    ledger_run: int
+    completed_rounds: int
+    arrays: dict[str, np.ndarray] | None
+
+
 def check_run_dir(cfg: RunConfig) -> Path:
-    """The run directory, refused if it already holds a run: a ledger is never overwritten."""
+    """The run directory, checked before anything starts.
+
+    A new run refuses a folder that holds one (a ledger is never overwritten); a resumed
+    run needs the run.json its first start wrote.
+    """
     run_dir = Path(cfg.federation.run_dir)
-    if (run_dir / "ledger.jsonl").exists():
+    if cfg.federation.resume:
+        saved_run(run_dir)
+    elif (run_dir / "ledger.jsonl").exists() or (run_dir / RUN_FILE).exists():
         raise ConfigError(f"invalid --run-dir {run_dir}: it already holds a run "
-                          "(its ledger is kept); choose another --run-dir")
+                          "(its ledger is kept); choose another --run-dir, or continue it "
+                          f"with --resume {run_dir}")
     return run_dir
 
 
-def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None) -> Path:
+def saved_run(run_dir: Path) -> dict:
+    """The run.json of `run_dir`: {"ledger_run": id, "config": flat run config}."""
+    path = run_dir / RUN_FILE
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        RunConfig.from_flat(saved["config"])
+        int(saved["ledger_run"])
+    except FileNotFoundError:
+        raise ConfigError(f"cannot resume {run_dir}: {path} not found (not a fedpriv run "
+                          "directory, or the run never started)") from None
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
+        raise ConfigError(f"cannot resume {run_dir}: {path} is unreadable or corrupt "
+                          f"({exc})") from None
+    return saved
+
+
+def start_state(cfg: RunConfig, run_dir: Path, flower_run: int) -> RunState:
+    """A new run writes run.json; a resumed one loads its newest good checkpoint."""
+    if not cfg.federation.resume:
+        saved = {"ledger_run": flower_run, "config": cfg.replace(resume=False).to_flat()}
+        write_atomic(run_dir / RUN_FILE, json.dumps(saved, indent=1).encode(), replace=False)
+        return RunState(ledger_run=flower_run, completed_rounds=0, arrays=None)
+    saved = saved_run(run_dir)
+    completed, arrays = latest_good_checkpoint(run_dir)
+    return RunState(ledger_run=int(saved["ledger_run"]), completed_rounds=completed,
+                    arrays=arrays)
+
+
+def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None,
+                   flower_run: int = 0) -> Path:
     """Run all rounds; returns the run directory with ledger, metrics and final model."""
     cfg = resolve_labels(cfg)
     run_dir = check_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    state = start_state(cfg, run_dir, flower_run)
     labels = cfg.data.label_names
     tokenizer = load_tokenizer(cfg.model)
     model = build_model(cfg.model, labels, cfg.train.seed)
     device = pick_device(cfg.train.device)
+    if state.arrays is not None:
+        problem = update_problem(state.arrays, trainable_state(model), math.inf)
+        if problem:
+            raise ConfigError(f"cannot resume {run_dir}: its checkpoint does not fit the "
+                              f"model ({problem})")
+        load_trainable_state(model, state.arrays)
 
     fed = cfg.federation
-    strategy = PrivacyFedAvg(
-        ledger=Ledger(run_dir / "ledger.jsonl"), run_dir=run_dir,
+    done = state.completed_rounds
+    strategy = make_strategy(
+        fed.aggregation, fed.trim_fraction, ledger=Ledger(run_dir / "ledger.jsonl"),
+        run_dir=run_dir, ledger_run=state.ledger_run, learning_rate=cfg.train.learning_rate,
+        first_round=done + 1, min_updates=fed.min_updates,
         fraction_train=fed.fraction_train, fraction_evaluate=fed.fraction_evaluate,
         min_train_nodes=fed.min_train_clients, min_evaluate_nodes=fed.min_train_clients,
         min_available_nodes=max(fed.min_available_clients, fed.min_train_clients))
-    reporter = RoundReporter(run_dir, strategy, fed.num_rounds, cfg.to_flat(), console)
+    reporter = RoundReporter(run_dir, strategy, fed.num_rounds, cfg.to_flat(), console,
+                             up_to=(done or -1) if fed.resume else None)
+    if fed.resume:
+        reporter.console.print(f"resuming {run_dir} after round {done} of {fed.num_rounds} "
+                               f"(ledger run {state.ledger_run})")
 
     test_set = None
     if fed.central_eval:
         _, held_out = simulation_split(cfg.data, cfg.train.seed)
         test_set = encode(held_out, tokenizer, cfg.model.max_length)
 
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    def evaluate_fn(count: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if count == 0 and done:
+            return None  # the resumed model was evaluated when its round ended
+        server_round = strategy.round_of(count) if count else 0
         central = None
         if test_set is not None:
             load_trainable_state(model, from_record(arrays))
@@ -90,13 +162,14 @@ def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None) -
         return MetricRecord(central) if central else None
 
     initial = to_record(trainable_state(model))
-    result = strategy.start(
-        grid=grid, initial_arrays=initial, num_rounds=fed.num_rounds, timeout=fed.round_timeout,
-        train_config=ConfigRecord(cfg.to_flat()), evaluate_config=ConfigRecord(cfg.to_flat()),
-        evaluate_fn=evaluate_fn)
-
-    # No round aggregated anything (e.g. every node refused): the model stays as it began.
-    final = result.arrays if len(result.arrays) else initial
+    final = initial
+    if done < fed.num_rounds:
+        result = strategy.start(
+            grid=grid, initial_arrays=initial, num_rounds=fed.num_rounds - done,
+            timeout=fed.round_timeout, train_config=ConfigRecord(cfg.to_flat()),
+            evaluate_config=ConfigRecord(cfg.to_flat()), evaluate_fn=evaluate_fn)
+        # No round aggregated anything (e.g. every node refused): the model stays as it was.
+        final = result.arrays if len(result.arrays) else initial
     load_trainable_state(model, from_record(final))
     export_pretrained(model.to(torch.device("cpu")), tokenizer, run_dir / "final_model")
     reporter.console.print(reporter.summary_table())

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.files import write_atomic
-from server.strategy import PrivacyFedAvg
+from server.strategy import PrivacyRounds
 
 COLUMNS = ("round", "trained", "refused", "failed", "loss", "accuracy", "fed_accuracy",
            "epsilon_max", "epsilon_mean", "seconds")
@@ -26,13 +26,21 @@ HEADERS = {"accuracy": "acc", "fed_accuracy": "fed acc", "epsilon_max": "eps max
 class RoundReporter:
     """Prints one row per round as it ends and rewrites metrics.json / metrics.csv."""
 
-    def __init__(self, run_dir: Path, strategy: PrivacyFedAvg, num_rounds: int,
-                 config: dict, console: Console | None = None) -> None:
+    def __init__(self, run_dir: Path, strategy: PrivacyRounds, num_rounds: int,
+                 config: dict, console: Console | None = None, up_to: int | None = None) -> None:
+        """`up_to`: a resumed run keeps the rows of rounds up to its checkpoint."""
         self.run_dir, self.strategy, self.num_rounds = run_dir, strategy, num_rounds
         self.config = config
         self.console = console or Console(stderr=True)
-        self.rows: list[dict] = []
-        self.started = time.monotonic()
+        self.rows: list[dict] = [] if up_to is None else self._earlier_rows(up_to)
+        self.started = time.monotonic() - (self.rows[-1]["seconds"] if self.rows else 0.0)
+
+    def _earlier_rows(self, up_to: int) -> list[dict]:
+        try:
+            rows = json.loads((self.run_dir / "metrics.json").read_text())["rounds"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []  # metrics are a report, not a record: the ledger has the spend
+        return [row for row in rows if isinstance(row, dict) and row.get("round", -1) <= up_to]
 
     def end_round(self, server_round: int, central: dict[str, float] | None) -> None:
         outcome = self.strategy.rounds.get(server_round)
@@ -42,13 +50,16 @@ class RoundReporter:
             "round": server_round,
             "trained": len(outcome.trained) if outcome else 0,
             "refused": len(outcome.refused) if outcome else 0,
-            "failed": (outcome.failed + outcome.rejected) if outcome else 0,
+            "failed": len(outcome.failed) + len(outcome.rejected) if outcome else 0,
             "loss": (central or {}).get("loss", math.nan),
             "accuracy": (central or {}).get("accuracy", math.nan),
             "fed_accuracy": fed.get("eval-accuracy", math.nan),
             "epsilon_max": max(eps, default=0.0),
             "epsilon_mean": sum(eps) / len(eps) if eps else 0.0,
             "seconds": round(time.monotonic() - self.started, 1),
+            "aggregated": outcome.aggregated if outcome else False,
+            "failures": [{"node": node, "why": why}
+                         for node, why in (outcome.failed + outcome.rejected if outcome else [])],
         }
         self.rows.append(row)
         self._print(row)
@@ -77,7 +88,7 @@ class RoundReporter:
         payload = json.dumps({"config": self.config, "rounds": self.rows}, indent=2)
         write_atomic(self.run_dir / "metrics.json", payload.encode())
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=COLUMNS)
+        writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.rows)
         write_atomic(self.run_dir / "metrics.csv", out.getvalue().encode())

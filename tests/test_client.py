@@ -1,12 +1,21 @@
 """The ClientApp's train handler, called in-process: budget enforcement on the node."""
 
 import pytest
+from flwr.app import ConfigRecord
 from opacus.accountants import create_accountant
 
 from client.app import train
 from client.node import NodeFiles, PrivacyState
 from common.errors import ConfigError
-from common.ledger import read_entries, record_of_entry
+from common.ledger import (
+    NodeLedger,
+    entries_of_message,
+    entry_hash,
+    entry_of_message,
+    read_entries,
+    record_of_entry,
+)
+from common.records import LEDGER_HEAD_KEY, LEDGER_RUN_KEY
 from tests.conftest import node_context, record_of, train_message
 
 
@@ -81,3 +90,55 @@ def test_bad_node_budget_is_named(tiny_cfg, small_csv, tmp_path):
     context = node_context({"data-path": str(small_csv), "max-epsilon": "lots"}, tmp_path)
     with pytest.raises(ConfigError, match="node-config max-epsilon='lots'"):
         train(train_message(tiny_cfg, 1), context)
+
+
+def with_config(msg, **extra):
+    """The message as the server addresses it to one node (strategy._addressed)."""
+    msg.content["config"] = ConfigRecord({**msg.content["config"], **extra})
+    return msg
+
+
+def test_a_repeated_request_gets_the_same_signed_reply_and_spends_nothing(
+        tiny_cfg, small_csv, tmp_path):
+    """A coordinator that restarted asks again for a round: no second record, no new spend."""
+    context = node_context({"data-path": str(small_csv), "max-epsilon": 5.0}, tmp_path / "n")
+    first = train(train_message(tiny_cfg, 1), context)
+    spent = PrivacyState.load(NodeFiles(tmp_path / "n").state).history()
+    again = train(train_message(tiny_cfg, 1), context)
+    assert entry_of_message(again) == entry_of_message(first)
+    for name, array in first.content["arrays"].items():
+        assert again.content["arrays"][name].numpy().tobytes() == array.numpy().tobytes()
+    assert PrivacyState.load(NodeFiles(tmp_path / "n").state).history() == spent
+    assert len(read_entries(tmp_path / "n" / "ledger.jsonl")) == 1
+    # Another model for the same round is a new request: the node trains (and spends) anew.
+    other = train_message(tiny_cfg.replace(seed=7), 1)
+    assert entry_of_message(train(other, context)) != entry_of_message(first)
+
+
+def test_a_reply_signed_but_never_written_is_sent_not_signed_twice(tiny_cfg, small_csv, tmp_path,
+                                                                   monkeypatch):
+    """Killed between the outbox and the ledger write: the next attempt completes it."""
+    context = node_context({"data-path": str(small_csv), "max-epsilon": 5.0}, tmp_path / "n")
+    monkeypatch.setattr(NodeLedger, "commit", lambda self, entry: None)  # the kill
+    lost = train(train_message(tiny_cfg, 1), context)
+    assert not (tmp_path / "n" / "ledger.jsonl").exists()
+    monkeypatch.undo()
+    again = train(train_message(tiny_cfg, 1), context)
+    assert entry_of_message(again) == entry_of_message(lost)
+    assert read_entries(tmp_path / "n" / "ledger.jsonl") == [entry_of_message(lost)]
+
+
+def test_entries_the_server_lacks_travel_with_the_next_reply(tiny_cfg, small_csv, tmp_path):
+    context = node_context({"data-path": str(small_csv), "max-epsilon": 8.0}, tmp_path / "n")
+    r1, r2 = (train(with_config(train_message(tiny_cfg, r), **{LEDGER_RUN_KEY: 1}), context)
+              for r in (1, 2))
+    head = entry_hash(entry_of_message(r1))
+    # The server holds round 1 but never got round 2 (it restarted): round 3 carries it.
+    r3 = train(with_config(train_message(tiny_cfg, 3), **{LEDGER_RUN_KEY: 1,
+                                                           LEDGER_HEAD_KEY: head}), context)
+    assert entries_of_message(r3) == [entry_of_message(r2), entry_of_message(r3)]
+    # A server holding everything up to round 3 gets only the new entry.
+    r4 = train(with_config(train_message(tiny_cfg, 4), **{
+        LEDGER_RUN_KEY: 1, LEDGER_HEAD_KEY: entry_hash(entry_of_message(r3))}), context)
+    assert len(entries_of_message(r4)) == 1
+    assert [r.round for r in map(record_of, (r1, r2, r3, r4))] == [1, 2, 3, 4]

@@ -1,4 +1,4 @@
-"""PrivacyFedAvg on hand-made replies: known means, refusals, records to the ledger."""
+"""The strategies on hand-made replies: known means, refusals, faults, bad updates, ledger."""
 
 import json
 
@@ -7,6 +7,7 @@ from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from common.ledger import (
     GENESIS,
+    entry_hash,
     entry_of_message,
     entry_recorddict,
     generate_signing_key,
@@ -17,11 +18,11 @@ from common.records import PrivacyRecord
 from common.weights import to_record
 from server.checkpoint import checkpoint_path, load_checkpoint
 from server.ledger import Ledger
-from server.strategy import PrivacyFedAvg
+from server.strategy import PrivacyRounds, make_strategy
 
 
-def record(node, kind="train", eps=1.0, **kw) -> PrivacyRecord:
-    return PrivacyRecord(run_id=1, round=1, node_id=node, kind=kind, mechanism="m",
+def record(node, kind="train", eps=1.0, server_round=1, **kw) -> PrivacyRecord:
+    return PrivacyRecord(run_id=1, round=server_round, node_id=node, kind=kind, mechanism="m",
                          accountant="prv", noise_multiplier=1.0, sample_rate=0.1, steps=5,
                          total_steps=5, max_grad_norm=1.0, delta=1e-5, epsilon=eps,
                          epsilon_budget=8.0, **kw)
@@ -30,22 +31,35 @@ def record(node, kind="train", eps=1.0, **kw) -> PrivacyRecord:
 KEYS = {node: generate_signing_key() for node in range(1, 6)}
 
 
-def reply(node, arrays=None, n=1, rec="train", key=None):
-    ins = Message(content=RecordDict(), dst_node_id=node, message_type="train")
+def reply(node, arrays=None, n=1, rec="train", key=None, server_round=1, ins=None,
+          earlier=(), prev=GENESIS):
+    ins = ins or Message(content=RecordDict(), dst_node_id=node, message_type="train")
     content = RecordDict()
     if rec is not None:
-        signed = make_entry(record(node, kind=rec,
+        signed = make_entry(record(node, kind=rec, server_round=server_round,
                                    reason="budget exhausted" if rec == "refused" else ""),
-                            None, GENESIS, key or KEYS[node])
-        content = entry_recorddict(signed)
+                            None, prev, key or KEYS[node])
+        content = entry_recorddict(signed, earlier)
     if arrays is not None:
         content["arrays"] = to_record(arrays)
         content["metrics"] = MetricRecord({"num-examples": n})
     return Message(content=content, reply_to=ins)
 
 
-def strategy(tmp_path) -> PrivacyFedAvg:
-    return PrivacyFedAvg(ledger=Ledger(tmp_path / "ledger.jsonl"), run_dir=tmp_path)
+ZERO = {"w": np.zeros(2, dtype=np.float32), "b": np.zeros((1, 1), dtype=np.float32)}
+
+
+def strategy(tmp_path, global_arrays=ZERO, **kw) -> PrivacyRounds:
+    # lr 1 with 5 steps bounds an honest update of these 3 weights at about 27.
+    s = make_strategy(kw.pop("aggregation", "fedavg"), 0.2, run_dir=tmp_path,
+                      ledger=Ledger(tmp_path / "ledger.jsonl"), ledger_run=1, learning_rate=1.0,
+                      **kw)
+    s.global_arrays = {k: v.copy() for k, v in global_arrays.items()}
+    return s
+
+
+def ledger_rows(tmp_path) -> list[dict]:
+    return [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
 
 
 def test_fedavg_of_known_arrays_is_the_example_weighted_mean(tmp_path):
@@ -59,30 +73,34 @@ def test_fedavg_of_known_arrays_is_the_example_weighted_mean(tmp_path):
     np.testing.assert_allclose(saved["w"], [2.5, 5.0])
 
 
+def w(*values, b=0.0):
+    return {"w": np.array(values, dtype=np.float32), "b": np.array([[b]], dtype=np.float32)}
+
+
 def test_refusals_and_recordless_replies_are_left_out_and_the_round_goes_on(tmp_path):
     s = strategy(tmp_path)
-    a = {"w": np.array([2.0], dtype=np.float32)}
-    b = {"w": np.array([4.0], dtype=np.float32)}
-    forged = {"w": np.array([1000.0], dtype=np.float32)}
+    forged = w(1000.0, 0.0)
     tampered = reply(5, forged)
     entry = json.loads(str(tampered.content["privacy"]["entry"]))
     entry["record"]["epsilon"] = 0.1  # changed after signing
     tampered.content["privacy"]["entry"] = json.dumps(entry)
-    arrays, _ = s.aggregate_train(1, [reply(1, a), reply(2, b), reply(3, rec="refused"),
-                                      reply(4, forged, rec=None), tampered])
-    np.testing.assert_allclose(arrays["w"].numpy(), [3.0])
+    arrays, _ = s.aggregate_train(1, [reply(1, w(2.0, 0.0)), reply(2, w(4.0, 0.0)),
+                                      reply(3, rec="refused"), reply(4, forged, rec=None),
+                                      tampered])
+    np.testing.assert_allclose(arrays["w"].numpy(), [3.0, 0.0])
     outcome = s.rounds[1]
-    assert len(outcome.trained) == 2 and len(outcome.refused) == 1 and outcome.rejected == 2
-    lines = [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
-    assert [(x["received_from"], x["record"]["kind"]) for x in lines] == [
+    assert len(outcome.trained) == 2 and len(outcome.refused) == 1
+    assert {node for node, _ in outcome.rejected} == {4, 5}
+    assert [(x["received_from"], x["record"]["kind"]) for x in ledger_rows(tmp_path)] == [
         (1, "train"), (2, "train"), (3, "refused")]
 
 
-def test_all_refusing_leaves_the_model_unchanged(tmp_path):
-    s = strategy(tmp_path)
+def test_all_refusing_leaves_the_model_unchanged_and_checkpoints_it(tmp_path):
+    s = strategy(tmp_path, global_arrays=w(1.0, 2.0))
     arrays, metrics = s.aggregate_train(2, [reply(1, rec="refused"), reply(2, rec="refused")])
-    assert arrays is None and metrics is None
-    assert not checkpoint_path(tmp_path, 2).exists()
+    assert arrays is None and metrics is None and not s.rounds[2].aggregated
+    # The round is over (a resumed run goes on after it) with the model it began with.
+    np.testing.assert_array_equal(load_checkpoint(checkpoint_path(tmp_path, 2))["w"], [1.0, 2.0])
 
 
 def test_signed_entry_survives_the_wire_format_unchanged():
@@ -94,16 +112,106 @@ def test_signed_entry_survives_the_wire_format_unchanged():
                                              created_at=record_of_entry(signed).created_at)
 
 
-def test_malformed_updates_are_rejected_and_do_not_move_the_model(tmp_path):
-    s = strategy(tmp_path)
-    good = {"w": np.array([2.0, 4.0], dtype=np.float32)}
-    s.global_arrays = {"w": np.zeros(2, dtype=np.float32)}
-    bad = [{"w": np.array([np.nan, 1.0], dtype=np.float32)},
-           {"w": np.array([1.0, np.inf], dtype=np.float32)},
-           {"w": np.ones(3, dtype=np.float32)},
-           {"w": np.ones(2, dtype=np.float64)},
-           {"v": np.ones(2, dtype=np.float32)}]
-    replies = [reply(1, good)] + [reply(2 + i % 4, arrays) for i, arrays in enumerate(bad)]
+BAD_UPDATES = {
+    "NaN": w(np.nan, 1.0),
+    "Inf": w(1.0, np.inf),
+    "wrong shape": {"w": np.ones(3, dtype=np.float32), "b": np.zeros((1, 1), np.float32)},
+    "wrong dtype": {"w": np.ones(2, dtype=np.float64), "b": np.zeros((1, 1), np.float32)},
+    "wrong names": {"v": np.ones(2, dtype=np.float32), "b": np.zeros((1, 1), np.float32)},
+    "over-norm": w(2000.0, 4000.0),  # 1000x the honest update below
+}
+
+
+def test_nan_wrong_shape_and_over_norm_updates_are_rejected_and_leave_the_model_alone(tmp_path):
+    good = w(2.0, 4.0, b=1.0)
+    alone = strategy(tmp_path / "alone")
+    expected, _ = alone.aggregate_train(1, [reply(1, good)])
+    s = strategy(tmp_path / "mixed")
+    replies = [reply(1, good), *(reply(2 + i % 4, bad)
+                                 for i, bad in enumerate(BAD_UPDATES.values()))]
     arrays, _ = s.aggregate_train(1, replies)
-    np.testing.assert_allclose(arrays["w"].numpy(), [2.0, 4.0])
-    assert s.rounds[1].rejected == 5 and len(s.rounds[1].trained) == 1
+    for name in ("w", "b"):
+        np.testing.assert_array_equal(arrays[name].numpy(), expected[name].numpy())
+    reasons = [why for _, why in s.rounds[1].rejected]
+    assert len(reasons) == len(BAD_UPDATES) and len(s.rounds[1].trained) == 1
+    assert any("NaN or Inf" in r for r in reasons) and any("exceeds" in r for r in reasons)
+    assert any("float64" in r for r in reasons) and any("[3]" in r for r in reasons)
+    # With only bad updates the round keeps the global model exactly.
+    only_bad = strategy(tmp_path / "bad", global_arrays=good)
+    arrays, _ = only_bad.aggregate_train(1, [reply(2, bad) for bad in BAD_UPDATES.values()])
+    assert arrays is None
+    saved = load_checkpoint(checkpoint_path(tmp_path / "bad", 1))
+    np.testing.assert_array_equal(saved["w"], good["w"])
+
+
+def test_median_resists_a_poisoned_update_within_the_norm_bound(tmp_path):
+    honest = [w(1.0, 1.0), w(1.2, 0.8), w(0.9, 1.1), w(1.1, 0.9)]
+    poison = w(-15.0, 15.0)  # norm 21: within what 5 steps of lr 1 can reach
+    replies = lambda: [reply(i + 1, u) for i, u in enumerate([*honest, poison])]  # noqa: E731
+    mean, _ = strategy(tmp_path / "avg").aggregate_train(1, replies())
+    median, _ = strategy(tmp_path / "med", aggregation="median").aggregate_train(1, replies())
+    trimmed, _ = strategy(tmp_path / "trim", aggregation="trimmed-mean").aggregate_train(
+        1, replies())
+    assert abs(mean["w"].numpy()[0] - 1.0) > 3  # FedAvg is dragged by the poisoned update
+    np.testing.assert_allclose(median["w"].numpy(), [1.0, 1.0], atol=1e-6)
+    # 20% of 5 updates: the largest and smallest value of each weight are dropped.
+    np.testing.assert_allclose(trimmed["w"].numpy(), [1.0, 1.0], atol=1e-6)
+
+
+def test_too_few_updates_keep_the_global_model(tmp_path):
+    s = strategy(tmp_path, min_updates=2)
+    arrays, _ = s.aggregate_train(1, [reply(1, w(1.0, 1.0)), reply(2, rec="refused")])
+    assert arrays is None and len(s.rounds[1].trained) == 1 and not s.rounds[1].aggregated
+
+
+class FakeGrid:
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return self.nodes
+
+
+def test_dropped_and_silent_nodes_are_named_and_the_round_goes_on(tmp_path, monkeypatch):
+    import server.strategy as module
+
+    monkeypatch.setattr("flwr.serverapp.strategy.fedavg.sample_nodes",
+                        lambda grid, min_available, size: (grid.nodes, grid.nodes))
+    s = strategy(tmp_path)
+    sent = list(s.configure_train(1, to_record(ZERO), ConfigRecord({"lr": 1.0}),
+                                  FakeGrid([1, 2, 3, 4])))
+    for i, msg in enumerate(sent):  # what the grid does when it pushes them
+        msg.metadata.__dict__["_message_id"] = f"m{i}"
+    assert [m.content["config"]["server-round"] for m in sent] == [1] * 4
+    # The reply Flower's SuperLink makes for a node that stopped sending heartbeats.
+    from flwr.server.superlink.linkstate.utils import (
+        NODE_UNAVAILABLE_ERROR_REASON,
+        create_message_error_unavailable_res_message,
+    )
+
+    unavailable = create_message_error_unavailable_res_message(sent[2].metadata, "node_unavail")
+    assert unavailable.metadata.src_node_id != 3  # the reply does not name the node
+    replies = [reply(1, w(1.0, 1.0), ins=sent[0]), reply(2, w(3.0, 3.0), ins=sent[1]),
+               unavailable]  # node 4 never answers
+    arrays, _ = s.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), [2.0, 2.0])
+    assert dict(s.rounds[1].failed) == {3: f"error 5: {NODE_UNAVAILABLE_ERROR_REASON}",
+                                        4: "no reply before the round timeout"}
+    assert {r["received_from"] for r in ledger_rows(tmp_path)} == {1, 2}
+    assert module.LEDGER_HEAD_KEY in sent[0].content["config"]
+
+
+def test_resumed_rounds_are_numbered_on_and_repeated_entries_are_written_once(tmp_path):
+    first = make_entry(record(1, server_round=3), None, GENESIS, KEYS[1])
+    s = strategy(tmp_path, first_round=4)
+    # Node 1 re-sends round 3 (never received) before its round-4 entry.
+    again = reply(1, w(1.0, 1.0), server_round=4, earlier=[first],
+                  prev=entry_hash(first))
+    arrays, _ = s.aggregate_train(1, [again])  # Flower's count 1 is our round 4
+    assert arrays is not None and checkpoint_path(tmp_path, 4).exists()
+    s.aggregate_train(1, [again])  # the same reply once more: nothing new to write
+    assert [r["record"]["round"] for r in ledger_rows(tmp_path)] == [3, 4]
+    assert s.ledger.heads[1] == entry_hash(entry_of_message(again))
+    stale = strategy(tmp_path / "stale", first_round=4)
+    assert stale.aggregate_train(1, [reply(1, w(1.0, 1.0), server_round=2)])[0] is None
+    assert "round 2" in stale.rounds[4].rejected[0][1]
