@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import get_type_hints
 
 from common.config import SECTIONS, RunConfig, key_of
-from common.errors import FedPrivError
+from common.errors import ConfigError, FedPrivError
+
+RESUME_KEY = "resume"
 
 # Presets of `fedpriv simulate`. "quick" (the README's main job) finishes in minutes on a
 # 2-core CPU; "full" uses all 38k embedded examples and more rounds (a GPU node's job).
@@ -34,6 +36,8 @@ def add_run_config_flags(parser: argparse.ArgumentParser) -> None:
         hints = get_type_hints(cls)
         for f in fields(cls):
             key, hint = key_of(f.name), hints[f.name]
+            if key == RESUME_KEY:
+                continue  # --resume RUN_DIR below
             if hint is bool:
                 group.add_argument(f"--{key}", action=argparse.BooleanOptionalAction,
                                    default=None, help=f"(default: {defaults[key]})")
@@ -43,13 +47,24 @@ def add_run_config_flags(parser: argparse.ArgumentParser) -> None:
                                    help=f"(default: {defaults[key]!r})")
 
 
+def add_resume_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last good checkpoint and "
+                        "its ledger, with the settings it was started with")
+
+
 def run_config_from(args: argparse.Namespace, base: dict | None = None) -> RunConfig:
-    flat = dict(base or {})
-    for key in RunConfig().to_flat():
-        value = getattr(args, key.replace("-", "_"), None)
-        if value is not None:
-            flat[key] = value
-    return RunConfig.from_flat(flat)
+    given = {key: value for key in RunConfig().to_flat() if key != RESUME_KEY
+             and (value := getattr(args, key.replace("-", "_"), None)) is not None}
+    if getattr(args, "resume", None) is not None:
+        from server.rundir import saved_run
+
+        if given:
+            raise ConfigError(f"--resume continues with the settings the run was started with: "
+                              f"drop --{next(iter(given))}")
+        saved = saved_run(args.resume)["config"]
+        return RunConfig.from_flat({**saved, "run-dir": str(args.resume), RESUME_KEY: True})
+    return RunConfig.from_flat({**(base or {}), **given})
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -116,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="run a federated DP fine-tuning in Flower's "
                          "simulation engine (same ServerApp and ClientApp as deployment)")
     _add_simulation_flags(sim)
+    add_resume_flag(sim)
     sim.set_defaults(handler=_simulate)
 
     sw = sub.add_parser("sweep", help="privacy/utility trade-off: one simulation per epsilon "

@@ -35,6 +35,7 @@ from common.weights import from_record, to_record
 from server.checkpoint import latest_good_checkpoint
 from server.ledger import Ledger
 from server.report import RoundReporter
+from server.rundir import RUN_FILE, check_run_dir, saved_run
 from server.strategy import make_strategy, update_problem
 
 app = ServerApp()
@@ -55,9 +56,6 @@ def resolve_labels(cfg: RunConfig) -> RunConfig:
     return cfg.replace(labels=",".join(load_labelled_texts(cfg.data).label_names))
 
 
-RUN_FILE = "run.json"
-
-
 @dataclass(frozen=True)
 class RunState:
     """Where a run starts: round 0 and the built model, or a resumed run's checkpoint."""
@@ -65,38 +63,6 @@ class RunState:
     ledger_run: int
     completed_rounds: int
     arrays: dict[str, np.ndarray] | None
-
-
-def check_run_dir(cfg: RunConfig) -> Path:
-    """The run directory, checked before anything starts.
-
-    A new run refuses a folder that holds one (a ledger is never overwritten); a resumed
-    run needs the run.json its first start wrote.
-    """
-    run_dir = Path(cfg.federation.run_dir)
-    if cfg.federation.resume:
-        saved_run(run_dir)
-    elif (run_dir / "ledger.jsonl").exists() or (run_dir / RUN_FILE).exists():
-        raise ConfigError(f"invalid --run-dir {run_dir}: it already holds a run "
-                          "(its ledger is kept); choose another --run-dir, or continue it "
-                          f"with --resume {run_dir}")
-    return run_dir
-
-
-def saved_run(run_dir: Path) -> dict:
-    """The run.json of `run_dir`: {"ledger_run": id, "config": flat run config}."""
-    path = run_dir / RUN_FILE
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        RunConfig.from_flat(saved["config"])
-        int(saved["ledger_run"])
-    except FileNotFoundError:
-        raise ConfigError(f"cannot resume {run_dir}: {path} not found (not a fedpriv run "
-                          "directory, or the run never started)") from None
-    except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
-        raise ConfigError(f"cannot resume {run_dir}: {path} is unreadable or corrupt "
-                          f"({exc})") from None
-    return saved
 
 
 def start_state(cfg: RunConfig, run_dir: Path, flower_run: int) -> RunState:

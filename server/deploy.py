@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import server as server_package
 from certs import tool
-from common.cli import add_run_config_flags, run_config_from
+from common.cli import add_resume_flag, add_run_config_flags, run_config_from
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.launch import (
@@ -36,6 +36,7 @@ from common.launch import (
     wait_for_port,
     warn_insecure,
 )
+from server.rundir import check_run_dir
 
 CONNECTION = "fedpriv"
 DEFAULT_PORT = 9092
@@ -302,6 +303,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                       help="plain-text HTTP without TLS and without node authentication "
                            "(tests only)")
     add_run_config_flags(parser)
+    add_resume_flag(parser)
     return parser
 
 
@@ -331,8 +333,6 @@ def run_server_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"no node public keys to admit in {args.keys_dir or args.certs_dir}: "
                           "add partners with `fedpriv certs admit NAME FILE` or --admit FILE")
     app_dir = find_app_dir(args.app_dir)
-    from server.app import check_run_dir  # imports torch: after the quick checks
-
     check_run_dir(cfg)
     if args.insecure:
         warn_insecure("the SuperLink accepts any node")

@@ -18,7 +18,7 @@ from client.app import app as client_app
 from common.config import RunConfig
 from common.errors import ConfigError
 from server.app import app as server_app
-from server.app import check_run_dir
+from server.rundir import check_run_dir
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,172 @@
+"""Faults with real processes: a node killed mid-round, a coordinator killed and resumed.
+
+Real `fedpriv server` / `fedpriv client` processes (Flower's SuperLink and SuperNodes,
+TLS, node authentication) on 127.0.0.1. Kills are SIGKILL of the whole process family:
+nothing gets to clean up, as when a machine loses power.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common.audit import audit
+from server.checkpoint import checkpoint_path, load_checkpoint
+from tests.test_deploy_e2e import (
+    FEDPRIV,
+    TINY_RUN,
+    Proc,
+    client_args,
+    descendants,
+    free_port,
+    ledger_lines,
+    make_pki,
+    node_ids,
+    processes,
+    server_records,
+    signed_part,
+    start,
+    write_partner_csvs,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+def crash(proc: Proc) -> None:
+    """SIGKILL the process and everything it started, at once."""
+    family = [proc.popen.pid, *descendants(proc.popen.pid)]
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.popen.wait(10)
+
+
+def wait_until(condition, timeout: float, what: str, *procs: Proc) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            tails = "\n".join(p.tail() for p in procs)
+            raise AssertionError(f"timed out waiting for {what}\n{tails}")
+        time.sleep(0.5)
+
+
+def rounds_reported(run_dir: Path) -> int:
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        return max(row["round"] for row in
+                   json.loads((run_dir / "metrics.json").read_text())["rounds"])
+    return -1
+
+
+def server_args(pki: Path, port: int, state: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [*FEDPRIV, "server", "--certs-dir", str(pki), "--port", str(port),
+            "--state-dir", str(state), "--timeout", "400", *extra]
+
+
+def node_keys(pki: Path, names, tmp_path: Path) -> Path:
+    """The auditor's trusted keys: each node's ledger signing key, under its name."""
+    keys = tmp_path / "trusted"
+    keys.mkdir()
+    for name in names:
+        (keys / f"{name}.pub").write_bytes((tmp_path / f"node-{name}" / "signing.pub").read_bytes())
+    return keys
+
+
+def test_a_node_killed_mid_round_is_left_out_recorded_and_rejoins(tmp_path):
+    names = ["alice", "bob", "carol"]
+    pki = make_pki(tmp_path / "certs", names)
+    data = write_partner_csvs(tmp_path, names)
+    port, run_dir = free_port(), tmp_path / "run"
+    ports = {name: free_port() for name in names}
+
+    def node(name: str, log: str) -> list[str]:
+        return client_args(f"127.0.0.1:{port}", pki, name, data[name], 8.0,
+                           tmp_path / f"node-{name}", ports[name], "--max-wait-time", "300")
+
+    with processes() as started:
+        server = start(started, server_args(
+            pki, port, tmp_path / "coord", run_dir, *TINY_RUN, "--num-rounds", "3",
+            "--min-train-clients", "2", "--min-available-clients", "3", "--min-updates", "2",
+            "--run-dir", str(run_dir)), tmp_path / "server.log")
+        server.wait_for(r"started run \d+", 120)
+        clients = {name: start(started, node(name, ""), tmp_path / f"client-{name}.log")
+                   for name in names}
+        # Carol dies as soon as her round-1 request arrives: before she trains or signs.
+        clients["carol"].wait_for(r"Receiving: train message", 180)
+        crash(clients["carol"])
+        wait_until(lambda: checkpoint_path(run_dir, 1).exists(), 240, "round 1", server)
+        # She comes back with the same key and state dir, and is asked again from round 2.
+        clients["carol"] = start(started, node("carol", ""), tmp_path / "client-carol-2.log")
+        code = server.wait(400)
+        assert code == 0, server.tail()
+
+    ids = node_ids(server.text())
+    carol = ids["carol"]
+    rows = Counter((r.round, r.node_id, r.kind) for r in server_records(run_dir))
+    assert rows == Counter({(1, ids["alice"], "train"): 1, (1, ids["bob"], "train"): 1,
+                            **{(r, ids[n], "train"): 1 for r in (2, 3) for n in names}})
+    metrics = json.loads((run_dir / "metrics.json").read_text())["rounds"]
+    round1 = next(row for row in metrics if row["round"] == 1)
+    assert round1["trained"] == 2 and round1["aggregated"]
+    assert [f["node"] for f in round1["failures"]] == [carol]
+    assert all(row["trained"] == 3 and not row["failures"] for row in metrics if row["round"] > 1)
+    # Nothing lost: each node's own ledger is exactly what the server holds for it.
+    server_lines = ledger_lines(run_dir / "ledger.jsonl")
+    for name in names:
+        own = ledger_lines(tmp_path / f"node-{name}" / "ledger.jsonl")
+        assert [signed_part(x) for x in own] == [
+            signed_part(x) for x in server_lines if x["record"]["node_id"] == ids[name]]
+    report = audit(run_dir / "ledger.jsonl", node_keys(pki, names, tmp_path))
+    assert report.ok, [str(p) for p in report.failures]
+
+
+def test_a_coordinator_killed_after_round_1_resumes_with_nothing_lost(tmp_path):
+    names = ["alice", "bob"]
+    pki = make_pki(tmp_path / "certs", names)
+    data = write_partner_csvs(tmp_path, names)
+    port, run_dir = free_port(), tmp_path / "run"
+    with processes() as started:
+        server = start(started, server_args(pki, port, tmp_path / "coord", run_dir, *TINY_RUN,
+                                            "--num-rounds", "3", "--run-dir", str(run_dir)),
+                       tmp_path / "server.log")
+        server.wait_for(r"started run \d+", 120)
+        for name in names:
+            start(started, client_args(f"127.0.0.1:{port}", pki, name, data[name], 8.0,
+                                       tmp_path / f"node-{name}", free_port(),
+                                       "--max-wait-time", "300"),
+                  tmp_path / f"client-{name}.log")
+        wait_until(lambda: rounds_reported(run_dir) >= 1, 240, "round 1", server)
+        crash(server)
+        assert not checkpoint_path(run_dir, 3).exists()
+        resumed = start(started, server_args(pki, port, tmp_path / "coord", run_dir,
+                                             "--resume", str(run_dir)),
+                        tmp_path / "server-resumed.log")
+        code = resumed.wait(400)
+        assert code == 0, resumed.tail()
+
+    assert "resuming" in resumed.text()
+    ids = node_ids(server.text())
+    rows = Counter((r.round, r.node_id) for r in server_records(run_dir) if r.kind == "train")
+    assert rows == Counter({(r, ids[n]): 1 for r in (1, 2, 3) for n in names})
+    assert {r.run_id for r in server_records(run_dir)} == {
+        json.loads((run_dir / "run.json").read_text())["ledger_run"]}
+    final = load_checkpoint(checkpoint_path(run_dir, 3))
+    assert (run_dir / "final_model" / "config.json").exists()
+    assert max(np.abs(final[k] - load_checkpoint(checkpoint_path(run_dir, 1))[k]).max()
+               for k in final) > 0  # rounds 2 and 3 did train after the restart
+    server_lines = ledger_lines(run_dir / "ledger.jsonl")
+    for name in names:
+        own = ledger_lines(tmp_path / f"node-{name}" / "ledger.jsonl")
+        assert [signed_part(x) for x in own] == [
+            signed_part(x) for x in server_lines if x["record"]["node_id"] == ids[name]]
+    report = audit(run_dir / "ledger.jsonl", node_keys(pki, names, tmp_path))
+    assert report.ok, [str(p) for p in report.failures]
+    assert [row["round"] for row in json.loads((run_dir / "metrics.json").read_text())["rounds"]
+            ] == [0, 1, 2, 3]
