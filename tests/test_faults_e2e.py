@@ -86,24 +86,26 @@ def test_a_node_killed_mid_round_is_left_out_recorded_and_rejoins(tmp_path):
     port, run_dir = free_port(), tmp_path / "run"
     ports = {name: free_port() for name in names}
 
-    def node(name: str, log: str) -> list[str]:
+    def node(name: str) -> list[str]:
         return client_args(f"127.0.0.1:{port}", pki, name, data[name], 8.0,
                            tmp_path / f"node-{name}", ports[name], "--max-wait-time", "300")
 
     with processes() as started:
         server = start(started, server_args(
             pki, port, tmp_path / "coord", run_dir, *TINY_RUN, "--num-rounds", "3",
-            "--min-train-clients", "2", "--min-available-clients", "3", "--min-updates", "2",
+            # Every round asks all three (Flower samples max(min, fraction x online) nodes);
+            # two updates are enough to aggregate.
+            "--min-train-clients", "3", "--min-available-clients", "3", "--min-updates", "2",
             "--run-dir", str(run_dir)), tmp_path / "server.log")
         server.wait_for(r"started run \d+", 120)
-        clients = {name: start(started, node(name, ""), tmp_path / f"client-{name}.log")
+        clients = {name: start(started, node(name), tmp_path / f"client-{name}.log")
                    for name in names}
         # Carol dies as soon as her round-1 request arrives: before she trains or signs.
         clients["carol"].wait_for(r"Receiving: train message", 180)
         crash(clients["carol"])
         wait_until(lambda: checkpoint_path(run_dir, 1).exists(), 240, "round 1", server)
         # She comes back with the same key and state dir, and is asked again from round 2.
-        clients["carol"] = start(started, node("carol", ""), tmp_path / "client-carol-2.log")
+        clients["carol"] = start(started, node("carol"), tmp_path / "client-carol-2.log")
         code = server.wait(400)
         assert code == 0, server.tail()
 
