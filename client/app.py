@@ -125,15 +125,24 @@ class NodeRound:
         return self.message(reply)
 
     def replay(self) -> Message | None:
-        """The reply already signed for this very request (same run, round and model)."""
-        sent = self.outbox.load(self.kind)
-        if sent is None or (sent.run_id, sent.round, sent.model_in) != (
-                self.run_id, self.server_round, self.model_in):
-            return None
-        self.ledger.commit(sent.entry)
-        log.warning("round %s asked again (the coordinator restarted?): sending the reply "
-                    "already signed, with no new spend", self.server_round)
-        return self.message(sent)
+        """The reply already signed for this very request (same run, round and model).
+
+        A request for a round this node answered but can no longer answer the same way
+        (another model, or the stored reply is gone) is refused: one round, one spend.
+        """
+        sent = self.outbox.load(self.kind, self.server_round)
+        if sent is not None and (sent.run_id, sent.model_in) == (self.run_id, self.model_in):
+            self.ledger.commit(sent.entry)
+            log.warning("round %s asked again (the coordinator restarted?): sending the reply "
+                        "already signed, with no new spend", self.server_round)
+            return self.message(sent)
+        if self.kind == "train" and any(
+                (e["record"]["run_id"], e["record"]["round"], e["record"]["kind"])
+                == (self.run_id, self.server_round, "train") for e in self.ledger.entries()):
+            return self.reply(self.record("refused", reason=(
+                f"round {self.server_round} of run {self.run_id} was already trained on this "
+                "node and its reply is not kept for this model: not training it twice")))
+        return None
 
     def message(self, reply: Outgoing) -> Message:
         # Entries the server has not acknowledged (after its ledger head) travel along.

@@ -120,6 +120,24 @@ def check_budget(max_epsilon: float, delta: float | None) -> None:
         raise ConfigError(f"invalid --delta {delta}: must be between 0 and 1 (exclusive)")
 
 
+def check_max_wait_time(seconds: float | None) -> None:
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"invalid --max-wait-time {seconds}: must be a finite number of "
+                          "seconds > 0 (leave it out to keep retrying)")
+
+
+def check_state_dir(state_dir: Path) -> Path:
+    """The node's state folder, resolved; refused before connecting if it cannot be one."""
+    resolved = state_dir.expanduser().resolve()
+    for folder in (resolved, *resolved.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"invalid --state-dir {state_dir}: {folder} is a file, "
+                                  "not a folder")
+            break
+    return resolved
+
+
 def check_data(args: argparse.Namespace) -> str:
     """Load the data file as the ClientApp will; returns a one-line summary."""
     from common.config import DataConfig
@@ -211,6 +229,8 @@ def run_client_command(args: argparse.Namespace) -> int:
     host, port = parse_address(args.coordinator, "--coordinator")
     _check_files(args)
     check_budget(args.max_epsilon, args.delta)
+    check_max_wait_time(args.max_wait_time)
+    state_dir = check_state_dir(args.state_dir)
     check_local_port(args.port)
     print(f"fedpriv: data {args.data}: {check_data(args)}", flush=True)
     check_reachable(host, port)
@@ -218,8 +238,11 @@ def run_client_command(args: argparse.Namespace) -> int:
         warn_insecure("this node talks to the coordinator")
     else:
         check_tls(host, port, args.root_cert)
-    state_dir = args.state_dir.expanduser().resolve()
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as err:
+        raise ConfigError(f"invalid --state-dir {args.state_dir}: cannot create it "
+                          f"({err.strerror or err})") from None
     command = supernode_command(args, node_config(args, state_dir))
     print(f"fedpriv: starting SuperNode for {args.coordinator} (max epsilon "
           f"{args.max_epsilon:g}); state {state_dir}", flush=True)

@@ -3,7 +3,8 @@
 When the coordinator restarts (or loses a reply), it asks again for a round the node
 already answered. Training again would spend budget twice and sign a second record for
 the same round; instead the node sends the very reply it signed: same ledger entry,
-same weights. One file per kind (train, evaluate), written atomically.
+same weights. One file per kind and round, written atomically; the newest KEEP rounds
+are kept (a resumed coordinator goes back at most to its newest good checkpoint).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from common.files import write_atomic
 from common.ledger import fingerprint_arrays
 
 log = logging.getLogger("fedpriv.client")
+KEEP = 3
 
 
 @dataclass(frozen=True)
@@ -39,20 +41,38 @@ class Outbox:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    def path(self, kind: str) -> Path:
-        return self.directory / f"{kind}.safetensors"
+    def path(self, kind: str, server_round: int) -> Path:
+        return self.directory / f"{kind}-{server_round:05d}.safetensors"
+
+    def _rounds(self, kind: str) -> list[Path]:
+        return sorted(self.directory.glob(f"{kind}-*.safetensors")) \
+            if self.directory.is_dir() else []
 
     def save(self, reply: Outgoing) -> None:
         header = {"run_id": reply.run_id, "round": reply.round, "kind": reply.kind,
                   "model_in": reply.model_in, "entry": reply.entry, "metrics": reply.metrics,
                   "names": list(reply.arrays) if reply.arrays is not None else None}
         arrays = {k: np.ascontiguousarray(v) for k, v in (reply.arrays or {}).items()}
-        write_atomic(self.path(reply.kind), save(arrays, metadata={"reply": json.dumps(header)}),
-                     mode=0o600)
+        # A new run starts afresh: replies of another run are never asked for again.
+        for old in self._rounds(reply.kind):
+            if self._header(old).get("run_id") != reply.run_id:
+                old.unlink()
+        write_atomic(self.path(reply.kind, reply.round),
+                     save(arrays, metadata={"reply": json.dumps(header)}), mode=0o600)
+        for old in self._rounds(reply.kind)[:-KEEP]:
+            old.unlink()
 
-    def load(self, kind: str) -> Outgoing | None:
+    @staticmethod
+    def _header(path: Path) -> dict:
+        try:
+            with safe_open(str(path), framework="numpy") as fh:
+                return json.loads((fh.metadata() or {})["reply"])
+        except (SafetensorError, OSError, ValueError, KeyError):
+            return {}
+
+    def load(self, kind: str, server_round: int) -> Outgoing | None:
         """The stored reply, or None if there is none or it cannot be trusted."""
-        path = self.path(kind)
+        path = self.path(kind, server_round)
         if not path.exists():
             return None
         try:

@@ -7,6 +7,7 @@ this same app.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +57,18 @@ def resolve_labels(cfg: RunConfig) -> RunConfig:
     return cfg.replace(labels=",".join(load_labelled_texts(cfg.data).label_names))
 
 
+log = logging.getLogger("fedpriv.server")
+
+
 @dataclass(frozen=True)
 class RunState:
-    """Where a run starts: round 0 and the built model, or a resumed run's checkpoint."""
+    """Where a run starts: round 0 and the built model, or a resumed run's checkpoint.
+
+    `completed_rounds` are not asked again. Normally that is the checkpoint's round: the
+    next round is repeated, and nodes that had answered it send the same signed reply
+    again. If the ledger holds later rounds (their checkpoints are damaged), those are
+    over too: their spend is recorded, and asking again would mean training them twice.
+    """
 
     ledger_run: int
     completed_rounds: int
@@ -71,10 +81,18 @@ def start_state(cfg: RunConfig, run_dir: Path, flower_run: int) -> RunState:
         saved = {"ledger_run": flower_run, "config": cfg.replace(resume=False).to_flat()}
         write_atomic(run_dir / RUN_FILE, json.dumps(saved, indent=1).encode(), replace=False)
         return RunState(ledger_run=flower_run, completed_rounds=0, arrays=None)
-    saved = saved_run(run_dir)
-    completed, arrays = latest_good_checkpoint(run_dir)
-    return RunState(ledger_run=int(saved["ledger_run"]), completed_rounds=completed,
-                    arrays=arrays)
+    ledger_run = int(saved_run(run_dir)["ledger_run"])
+    checkpoint, arrays = latest_good_checkpoint(run_dir)
+    # Opening the ledger also sets aside a line cut off by the kill.
+    trained = [r.round for r in Ledger(run_dir / "ledger.jsonl").records()
+               if r.run_id == ledger_run]
+    completed = checkpoint
+    if max(trained, default=0) > checkpoint + 1:
+        completed = max(trained)
+        log.warning("rounds %d to %d are in the ledger but their model is lost (damaged "
+                    "checkpoints): going on at round %d from the model of round %d",
+                    checkpoint + 1, completed, completed + 1, checkpoint)
+    return RunState(ledger_run=ledger_run, completed_rounds=completed, arrays=arrays)
 
 
 def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None,

@@ -110,9 +110,10 @@ def test_a_repeated_request_gets_the_same_signed_reply_and_spends_nothing(
         assert again.content["arrays"][name].numpy().tobytes() == array.numpy().tobytes()
     assert PrivacyState.load(NodeFiles(tmp_path / "n").state).history() == spent
     assert len(read_entries(tmp_path / "n" / "ledger.jsonl")) == 1
-    # Another model for the same round is a new request: the node trains (and spends) anew.
-    other = train_message(tiny_cfg.replace(seed=7), 1)
-    assert entry_of_message(train(other, context)) != entry_of_message(first)
+    # The same round with another model: the node will not train a round twice.
+    other = record_of(train(train_message(tiny_cfg.replace(seed=7), 1), context))
+    assert other.kind == "refused" and "not training it twice" in other.reason
+    assert PrivacyState.load(NodeFiles(tmp_path / "n").state).history() == spent
 
 
 def test_a_reply_signed_but_never_written_is_sent_not_signed_twice(tiny_cfg, small_csv, tmp_path,

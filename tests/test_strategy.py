@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from common.ledger import (
@@ -215,3 +216,22 @@ def test_resumed_rounds_are_numbered_on_and_repeated_entries_are_written_once(tm
     stale = strategy(tmp_path / "stale", first_round=4)
     assert stale.aggregate_train(1, [reply(1, w(1.0, 1.0), server_round=2)])[0] is None
     assert "round 2" in stale.rounds[4].rejected[0][1]
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_the_one_before_is_used(tmp_path, caplog):
+    from server.checkpoint import CheckpointError, latest_good_checkpoint, save_checkpoint
+
+    for r in (1, 2):
+        save_checkpoint(tmp_path, r, w(float(r), 0.0))
+    newest = checkpoint_path(tmp_path, 2)
+    data = bytearray(newest.read_bytes())
+    data[-1] ^= 0x01  # inside the last weight: safetensors alone would load it silently
+    newest.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="is damaged"):
+        load_checkpoint(newest)
+    server_round, arrays = latest_good_checkpoint(tmp_path)
+    assert server_round == 1 and arrays["w"].tolist() == [1.0, 0.0]
+    assert f"checkpoint {newest} is damaged" in caplog.text
+    assert not newest.exists() and newest.with_name(newest.name + ".corrupt").exists()
+    checkpoint_path(tmp_path, 1).write_bytes(b"not a checkpoint")
+    assert latest_good_checkpoint(tmp_path) == (0, None)
