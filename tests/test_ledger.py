@@ -274,3 +274,17 @@ def test_record_field_of_the_wrong_type_is_refused(fed) -> None:
     rewrite(path, edit)
     with pytest.raises(LedgerError, match=f"{path}:2: .*field steps is '30': expected int"):
         read_ledger(path)
+
+
+def test_a_second_run_ledger_may_follow_the_nodes_earlier_runs_but_not_skip_records(
+        fed) -> None:
+    """A partner's second federation: its chain goes on from entries kept elsewhere."""
+    alice = fed["ledgers"]["alice"]
+    second = fed["dir"] / "second-run.jsonl"
+    for r in (1, 2):
+        append_received(second, alice.append(record(r, run_id=8)), received_from=1)
+    assert verify_entries(read_ledger(second), fed["trusted"]) == []
+    # Cutting the run's first record leaves one that counts steps before it: caught.
+    rewrite(second, lambda es: es[1:])
+    problems = verify_entries(read_ledger(second), fed["trusted"])
+    assert [(p.round, "broken chain" in p.what) for p in problems] == [(2, True)]
