@@ -134,12 +134,20 @@ def _run_admit(args: argparse.Namespace) -> None:
 
 
 def _run_list(args: argparse.Namespace) -> None:
+    if not args.dir.is_dir():
+        what = "is not a folder" if args.dir.exists() else "does not exist"
+        raise tool.CertError(f"invalid --dir {args.dir}: {what}; make certificates there with "
+                             f"`fedpriv certs ca --dir {args.dir}`")
     now = datetime.now(UTC)
     certs = tool.list_certificates(args.dir)
     nodes = tool.list_node_keys(args.dir)
-    if not certs and not nodes:
+    listed = {info.path for info in certs}
+    unreadable = [p for p in sorted(args.dir.glob("*.pem")) if p not in listed]
+    if not certs and not nodes and not unreadable:
         print(f"nothing in {args.dir}")
         return
+    for path in unreadable:
+        print(f"{path}  [unreadable]  not a PEM certificate")
     for info in certs:
         role = "CA" if info.is_ca else "certificate"
         print(f"{info.path}  [{role}]  {info.status(now)}")

@@ -20,6 +20,7 @@ existing one unless ``force`` is set; private keys are created with mode 0600.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import ipaddress
 import os
@@ -51,6 +52,7 @@ SERVER_CERT = "server.pem"
 SERVER_KEY = "server.key"
 CA_DAYS = 3650
 SERVER_DAYS = 825
+MAX_DAYS = 36500  # a century: far beyond any sane validity, well inside X.509's year 9999
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644
 LOOPBACK_DNS = ("localhost",)
@@ -122,8 +124,18 @@ def _now() -> datetime:
 
 
 def _check_days(days: int) -> None:
-    if days < 1:
-        raise CertError(f"invalid --days {days}: must be at least 1")
+    if not 1 <= days <= MAX_DAYS:
+        raise CertError(f"invalid --days {days}: must be between 1 and {MAX_DAYS}")
+
+
+def _check_dir(directory: Path) -> None:
+    """``--dir`` is a folder or can become one: checked before any key is made."""
+    directory = Path(directory)
+    for folder in (directory, *directory.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise CertError(f"invalid --dir {directory}: {folder} is a file, not a folder")
+            return
 
 
 def _check_node_name(name: str) -> None:
@@ -143,13 +155,24 @@ def _refuse_existing(paths: Iterable[Path], force: bool) -> None:
             raise CertError(f"{path} already exists; pass --force to replace it")
 
 
+# Write failures a user fixes by choosing another --dir (or fixing its permissions).
+_PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS,
+                errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG}
+
+
 def _write_atomic(path: Path, data: bytes, mode: int, force: bool) -> None:
     """All or nothing, private from the first byte, never a silent overwrite."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_atomic(path, data, mode=mode, replace=force)
     except FileExistsError:
+        if not path.parent.is_dir():
+            raise CertError(f"cannot write {path}: {path.parent} is not a folder") from None
         raise CertError(f"{path} already exists; pass --force to replace it") from None
+    except OSError as err:
+        if err.errno not in _PATH_ERRNOS:
+            raise  # the disk failing is not a mistake in the command line
+        raise CertError(f"cannot write {path}: {err.strerror}") from None
 
 
 def _new_key(key_type: KeyType) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
@@ -199,6 +222,9 @@ def create_ca(
     ``not_before`` defaults to an hour ago; tests set it to make expired certificates.
     """
     _check_days(days)
+    _check_dir(directory)
+    if not 1 <= len(common_name) <= 64:  # X.509 upper bound for a common name
+        raise CertError(f"invalid --common-name {common_name!r}: must be 1-64 characters")
     cert_path, key_path = directory / CA_CERT, directory / CA_KEY
     _refuse_existing((cert_path, key_path), force)
     key = _new_key(key_type)
@@ -247,6 +273,9 @@ def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivate
             raise CertError(f"CA file {path} not found; create the CA first with "
                             f"`fedpriv certs ca --dir {directory}`")
     cert = check_certificate(cert_path)
+    if not _is_ca(cert):
+        raise CertError(f"{cert_path} is not a CA certificate (basicConstraints CA is not set); "
+                        f"create the CA with `fedpriv certs ca --dir {directory}`")
     key = check_private_key(key_path)
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise CertError(f"{key_path} is not an EC or RSA key")
@@ -294,6 +323,7 @@ def issue_server_cert(
     the certificate like any client. The validity is cut to the CA's own end date.
     """
     _check_days(days)
+    _check_dir(directory)
     if include_loopback:
         dns_names = [*dns_names, *(n for n in LOOPBACK_DNS if n not in dns_names)]
         ip_addresses = [*ip_addresses, *(a for a in LOOPBACK_IPS if a not in ip_addresses)]
@@ -369,6 +399,7 @@ def create_node_key(directory: Path, name: str, *, force: bool = False) -> Issue
     (``load_ssh_public_key``, NIST curve).
     """
     key_path, pub_path = node_key_paths(directory, name)
+    _check_dir(directory)
     _refuse_existing((key_path, pub_path), force)
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(serialization.Encoding.PEM,
@@ -390,6 +421,7 @@ def admit_node_key(directory: Path, name: str, public_key_file: Path, *,
     ``flwr supernode register``.
     """
     _, pub_path = node_key_paths(directory, name)
+    _check_dir(directory)
     key = check_node_public_key(public_key_file)
     _refuse_existing((pub_path,), force)
     public = key.public_bytes(serialization.Encoding.OpenSSH,
@@ -474,9 +506,21 @@ def check_certificate(path: Path | str, *, expect_host: str | None = None,
     return cert
 
 
-def _read_private(path: Path, what: str, require_private_mode: bool) -> bytes:
-    """Read a private key, refusing (as ssh does) one that others could read and copy."""
+# How public material starts: OpenSSH public keys, PEM public keys and certificates.
+_PUBLIC_STARTS = (b"ssh-", b"ecdsa-sha2-", b"sk-ssh-", b"sk-ecdsa-", b"-----BEGIN PUBLIC KEY",
+                  b"-----BEGIN RSA PUBLIC KEY", b"-----BEGIN CERTIFICATE",
+                  b"-----BEGIN SSH2 PUBLIC KEY")
+
+
+def _read_private(path: Path, what: str, form: str, require_private_mode: bool) -> bytes:
+    """Read a private key, refusing (as ssh does) one that others could read and copy.
+
+    Public material is named as such first: asking to chmod a public key would mislead.
+    """
     data = _read(path, what)
+    if data.lstrip().startswith(_PUBLIC_STARTS):
+        raise CertError(f"{path} is not {form}: it holds a public key or certificate; pass "
+                        "the private key file (.key)")
     if require_private_mode and os.name == "posix":
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
@@ -493,7 +537,7 @@ def check_private_key(path: Path | str, *,
     does: a key that others could copy no longer proves who holds it.
     """
     path = Path(path)
-    data = _read_private(path, "private key", require_private_mode)
+    data = _read_private(path, "private key", "a PEM private key", require_private_mode)
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:
@@ -516,12 +560,7 @@ def check_chain(cert_path: Path | str, ca_path: Path | str,
     """Fail unless ``cert_path`` is signed by the CA in ``ca_path`` and both are valid now."""
     cert = check_certificate(cert_path, now=now)
     ca = check_certificate(ca_path, now=now)
-    try:
-        constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
-        is_ca = constraints.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    if not is_ca:
+    if not _is_ca(ca):
         raise CertError(f"{ca_path} is not a CA certificate (basicConstraints CA is not set)")
     try:
         cert.verify_directly_issued_by(ca)
@@ -530,11 +569,19 @@ def check_chain(cert_path: Path | str, ca_path: Path | str,
                         "partners need the ca.pem that issued the server certificate") from None
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
 def check_node_key(path: Path | str, *, require_private_mode: bool = True
                    ) -> ec.EllipticCurvePrivateKey:
     """Load a SuperNode authentication private key the way flower-supernode does, or fail."""
     path = Path(path)
-    data = _read_private(path, "node private key", require_private_mode)
+    data = _read_private(path, "node private key", "an OpenSSH private key",
+                         require_private_mode)
     try:
         key = serialization.load_ssh_private_key(data, password=None)
     except TypeError:
@@ -572,12 +619,9 @@ def _cert_info(path: Path) -> CertInfo | None:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
     except (OSError, ValueError):
         return None
-    try:
-        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    return CertInfo(path, cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), is_ca,
-                    certificate_names(cert), cert.not_valid_before_utc, cert.not_valid_after_utc)
+    return CertInfo(path, cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(),
+                    _is_ca(cert), certificate_names(cert), cert.not_valid_before_utc,
+                    cert.not_valid_after_utc)
 
 
 def list_certificates(directory: Path = DEFAULT_DIR) -> list[CertInfo]:

@@ -24,6 +24,7 @@ import html
 import io
 import json
 import math
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ import opacus
 from opacus.accountants import create_accountant
 
 from common.errors import FedPrivError
+from common.files import write_atomic
 from common.ledger import (
     EXTRA_KEY,
     LedgerLine,
@@ -582,7 +584,11 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_audit_command(args: argparse.Namespace) -> int:
-    """Run the audit; 0 when everything verifies, 1 on any failure, 2 on unusable input."""
+    """Run the audit; 0 when everything verifies, 1 on any failure, 2 on unusable input.
+
+    Under ``fedpriv audit`` unusable input raises FedPrivError, which the CLI prints as
+    its one ``fedpriv: error:`` line; called on its own, this prints ``error: ...``.
+    """
     from rich.console import Console
 
     console = Console()
@@ -591,21 +597,55 @@ def run_audit_command(args: argparse.Namespace) -> int:
     try:
         if not 0 <= args.tolerance < 1:
             raise FedPrivError(f"invalid --tolerance {args.tolerance}: must be in [0, 1)")
+        outputs = _check_outputs(args)  # before the audit: a bad path costs nothing
         report = audit(args.ledger, args.keys, compare=args.compare, tolerance=args.tolerance)
+        texts = [(path, render(report)) for path, render in outputs]
         print_report(report, console)
-        for path, text in ((args.html, report.to_html), (args.json, report.to_json)):
-            if path:
-                _write(Path(path), text())
-                console.print(f"wrote {path}", highlight=False, soft_wrap=True)
+        for path, text in texts:
+            _write(path, text)
+            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
     except FedPrivError as exc:
-        Console(stderr=True).print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        if getattr(args, "handler", None) is run_audit_command:
+            raise  # `fedpriv audit`: the CLI prints it like every command's errors
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0 if report.ok else 1
 
 
-def _write(path: Path, text: str) -> None:
+def _check_outputs(args: argparse.Namespace) -> list[tuple[Path, Any]]:
+    """The report files to write, each checked writable and none an input of the audit."""
+    inputs = [Path(p) for p in (args.ledger, args.compare) if p]
+    outputs: list[tuple[Path, Any]] = []
+    for flag, value, render in (("--html", args.html, AuditReport.to_html),
+                                ("--json", args.json, AuditReport.to_json)):
+        if not value:
+            continue
+        path = Path(value)
+        if path.is_dir():
+            raise FedPrivError(f"invalid {flag} {path}: is a folder; give a file name")
+        parent = next((d for d in path.parents if d.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise FedPrivError(f"invalid {flag} {path}: {parent} is a file, not a folder")
+        for other in inputs:
+            if _same_file(path, other):
+                raise FedPrivError(f"invalid {flag} {path}: that is a ledger being audited; "
+                                   "write the report to another file")
+        if any(_same_file(path, done) for done, _ in outputs):
+            raise FedPrivError(f"invalid {flag} {path}: --html and --json name the same file")
+        outputs.append((path, render))
+    return outputs
+
+
+def _same_file(a: Path, b: Path) -> bool:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace the report atomically: a failed write leaves an earlier report as it was."""
+    try:
+        write_atomic(path, text.encode("utf-8"))
     except OSError as exc:
-        raise FedPrivError(f"cannot write report {path}: {exc.strerror}") from None
+        raise FedPrivError(f"cannot write report {path}: {exc.strerror or exc}") from None

@@ -68,13 +68,15 @@ def run_config_from(args: argparse.Namespace, base: dict | None = None) -> RunCo
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    base = dict(PRESETS[args.preset])
+    base["run-dir"] = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = run_config_from(args, base)  # before the heavy imports: a bad flag answers at once
+    resources = _resources(args)
+
     from simulations.plots import plot_run
     from simulations.run import simulate
 
-    base = dict(PRESETS[args.preset])
-    base["run-dir"] = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = run_config_from(args, base)
-    run_dir = simulate(cfg, _resources(args), verbose=args.verbose)
+    run_dir = simulate(cfg, resources, verbose=args.verbose)
     plots = plot_run(run_dir)
     print(f"run directory: {run_dir}  (ledger.jsonl, metrics.csv/json, final_model/, "
           f"{', '.join(p.name for p in plots)})")
@@ -185,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except FedPrivError as exc:
-        print(f"fedpriv: error: {exc}", file=sys.stderr)
+        # One line, whatever a library's message embedded in it looked like.
+        print(f"fedpriv: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedpriv: interrupted", file=sys.stderr)

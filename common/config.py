@@ -74,7 +74,8 @@ class DataConfig:
                "must be between 0 and 1 (exclusive)")
         _check(self.partitioner in PARTITIONERS, "partitioner", self.partitioner,
                f"choose one of {', '.join(PARTITIONERS)}")
-        _check(self.dirichlet_alpha > 0, "dirichlet-alpha", self.dirichlet_alpha, "must be > 0")
+        _check(math.isfinite(self.dirichlet_alpha) and self.dirichlet_alpha > 0, "dirichlet-alpha",
+               self.dirichlet_alpha, "must be a finite number > 0")
         _check(self.classes_per_client >= 1, "classes-per-client", self.classes_per_client,
                "must be >= 1")
         try:
@@ -108,9 +109,11 @@ class PrivacyConfig:
                "must be a finite number > 0")
         _check(0.0 < self.delta < 1.0, "delta", self.delta,
                "must be between 0 and 1 (exclusive); use less than 1/number-of-examples")
-        _check(self.noise_multiplier >= 0, "noise-multiplier", self.noise_multiplier,
-               "must be >= 0 (0 derives it from --epsilon)")
-        _check(self.max_grad_norm > 0, "max-grad-norm", self.max_grad_norm, "must be > 0")
+        sigma = self.noise_multiplier
+        _check(math.isfinite(sigma) and sigma >= 0, "noise-multiplier", sigma,
+               "must be a finite number >= 0 (0 derives it from --epsilon)")
+        _check(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0, "max-grad-norm",
+               self.max_grad_norm, "must be a finite number > 0")
         _check(self.accountant in ACCOUNTANTS, "accountant", self.accountant,
                f"choose one of {', '.join(ACCOUNTANTS)}")
 
@@ -129,8 +132,12 @@ class TrainConfig:
         _check(self.batch_size > 0, "batch-size", self.batch_size, "must be > 0")
         _check(self.local_epochs > 0, "local-epochs", self.local_epochs, "must be > 0")
         _check(self.local_steps >= 0, "local-steps", self.local_steps, "must be >= 0")
-        _check(self.learning_rate > 0, "learning-rate", self.learning_rate, "must be > 0")
-        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+        _check(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning-rate",
+               self.learning_rate, "must be a finite number > 0")
+        # Partitioners need a non-negative seed, and nodes derive torch seeds from it.
+        _check(0 <= self.seed < 2**32, "seed", self.seed, f"must be between 0 and {2**32 - 1}")
+        _check(self.device in ("auto", "cpu", "cuda")
+               or (self.device.startswith("cuda:") and self.device[5:].isdecimal()),
                "device", self.device, "choose auto, cpu, cuda or cuda:N")
 
 
@@ -169,7 +176,8 @@ class FederationConfig:
                f"choose one of {', '.join(AGGREGATIONS)}")
         _check(0.0 <= self.trim_fraction < 0.5, "trim-fraction", self.trim_fraction,
                "must be in [0, 0.5)")
-        _check(self.round_timeout > 0, "round-timeout", self.round_timeout, "must be > 0")
+        _check(math.isfinite(self.round_timeout) and self.round_timeout > 0, "round-timeout",
+               self.round_timeout, "must be a finite number of seconds > 0")
         _check(bool(self.run_dir), "run-dir", self.run_dir, "must not be empty")
 
 

@@ -98,6 +98,10 @@ def read_rows(path: Path, text_col: str, label_col: str,
         raise DataError(f"{path} line {line}: bytes are not valid {encoding} "
                         f"(re-save the file as {encoding} or pass --encoding)") from None
     content = content.removeprefix("\ufeff")
+    if "\x00" in content:
+        line = content[: content.index("\x00")].count("\n") + 1
+        raise DataError(f"{path} line {line}: NUL bytes in a text file (a binary file, or "
+                        f"UTF-16 text read as {encoding}? re-save it as UTF-8 or pass --encoding)")
     rows = (_csv_rows if suffix == ".csv" else _jsonl_rows)(path, content, text_col, label_col)
     if len(rows) < MIN_ROWS:
         raise DataError(f"{path}: only {len(rows)} rows; at least {MIN_ROWS} are needed")
@@ -108,17 +112,34 @@ Row = tuple[str, str, str]
 
 
 def _csv_rows(path: Path, content: str, text_col: str, label_col: str) -> list[Row]:
-    reader = csv.DictReader(io.StringIO(content, newline=""))
-    columns = reader.fieldnames or []
+    # strict: a quote left open (a cut-off file) or stray text after a closing quote is an
+    # error, not silently merged into one long field.
+    reader = csv.DictReader(io.StringIO(content, newline=""), strict=True)
+    columns = _csv_step(path, reader, lambda: reader.fieldnames) or []
     for col in (text_col, label_col):
         if col not in columns:
             raise DataError(f"{path}: no column {col!r} (columns: {', '.join(columns)}); "
                             f"set --{'text' if col == text_col else 'label'}-column")
     rows = []
-    for n, record in enumerate(reader, start=2):  # row 1 is the header
+    n = 1  # row 1 is the header
+    while (record := _csv_step(path, reader, lambda: next(reader, None))) is not None:
+        n += 1
+        if None in record:  # DictReader's key for the fields beyond the header's
+            raise DataError(f"{path} row {n}: {len(columns) + len(record[None])} fields but the "
+                            f"header has {len(columns)}; quote text that holds commas")
         rows.append(_checked(path, f"row {n}", record.get(text_col), record.get(label_col),
                              text_col, label_col))
     return rows
+
+
+def _csv_step(path: Path, reader: csv.DictReader, step):
+    """One read from `reader`; a CSV syntax error names the line its record starts on."""
+    line = reader.line_num + 1
+    try:
+        return step()
+    except csv.Error as exc:
+        raise DataError(f"{path} line {line}: not valid CSV ({exc}); is the file cut off, "
+                        "or a quote left open?") from None
 
 
 def _jsonl_rows(path: Path, content: str, text_col: str, label_col: str) -> list[Row]:
@@ -128,17 +149,27 @@ def _jsonl_rows(path: Path, content: str, text_col: str, label_col: str) -> list
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            raise DataError(f"{path} line {n}: not valid JSON") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} line {n}: not valid JSON ({exc.msg}, column {exc.colno}); "
+                            "expected one JSON object per line") from None
         if not isinstance(record, dict):
-            raise DataError(f"{path} line {n}: expected a JSON object")
+            raise DataError(f"{path} line {n}: expected a JSON object per line, "
+                            f"found {_json_kind(record)}")
         for col in (text_col, label_col):
             if col not in record:
                 raise DataError(f"{path} line {n}: no field {col!r}")
         label = record[label_col]
+        if isinstance(label, dict | list):
+            raise DataError(f"{path} line {n}: {label_col!r} is {_json_kind(label)}; "
+                            "expected a string or number")
         rows.append(_checked(path, f"line {n}", record[text_col],
                              None if label is None else str(label), text_col, label_col))
     return rows
+
+
+def _json_kind(value: object) -> str:
+    kinds = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    return kinds.get(type(value), "null" if value is None else "a number")
 
 
 def _checked(path: Path, where: str, text: object, label: object, text_col: str,

@@ -11,11 +11,26 @@ import matplotlib
 matplotlib.use("Agg")  # headless: runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.errors import FedPrivError  # noqa: E402
 from server.ledger import Ledger  # noqa: E402
 
 
+def read_rounds(run_dir: Path) -> list[dict]:
+    """The per-round metrics a run wrote, or a one-line error naming the file."""
+    path = run_dir / "metrics.json"
+    try:
+        rounds = json.loads(path.read_text(encoding="utf-8"))["rounds"]
+    except FileNotFoundError:
+        raise FedPrivError(f"{path} not found: the run wrote no metrics") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise FedPrivError(f"{path} is unreadable or corrupt ({exc})") from None
+    if not isinstance(rounds, list) or not rounds:
+        raise FedPrivError(f"{path} holds no rounds")
+    return rounds
+
+
 def plot_run(run_dir: Path) -> list[Path]:
-    rounds = json.loads((run_dir / "metrics.json").read_text())["rounds"]
+    rounds = read_rounds(run_dir)
     out = [run_dir / "accuracy.png", run_dir / "epsilon.png"]
 
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,30 @@ class SimulationResources:
     # "" starts a local Ray instance; "auto" or "ray://host:10001" joins a Ray cluster.
     ray_address: str = ""
 
+    def __post_init__(self) -> None:
+        """Refuse what Ray could never schedule (it would wait forever) before it starts."""
+        if self.num_clients < 1:
+            raise ConfigError(f"invalid --num-clients {self.num_clients}: must be >= 1")
+        if not (math.isfinite(self.client_cpus) and self.client_cpus > 0):
+            raise ConfigError(f"invalid --client-cpus {self.client_cpus}: must be a finite "
+                              "number > 0")
+        if not (math.isfinite(self.client_gpus) and self.client_gpus >= 0):
+            raise ConfigError(f"invalid --client-gpus {self.client_gpus}: must be a finite "
+                              "number >= 0")
+        if self.ray_address:
+            return  # a cluster's resources are Ray's to judge
+        cpus = os.cpu_count() or 1
+        if self.client_cpus > cpus:
+            raise ConfigError(f"invalid --client-cpus {self.client_cpus:g}: this machine has "
+                              f"{cpus} CPU cores, so no client could ever start")
+        if self.client_gpus > 0:
+            import torch
+
+            gpus = torch.cuda.device_count()
+            if self.client_gpus > gpus:
+                raise ConfigError(f"invalid --client-gpus {self.client_gpus:g}: this machine "
+                                  f"has {gpus} CUDA GPUs, so no client could ever start")
+
     def backend_config(self) -> dict:
         init_args: dict = {"ignore_reinit_error": True}
         if self.ray_address:
@@ -40,12 +67,13 @@ class SimulationResources:
 def simulate(cfg: RunConfig, resources: SimulationResources, verbose: bool = False) -> Path:
     """Run a whole federated simulation; returns the run directory."""
     fed = cfg.federation
-    if resources.num_clients < 1:
-        raise ConfigError(f"invalid --num-clients {resources.num_clients}: must be >= 1")
-    if fed.min_train_clients > resources.num_clients:
-        raise ConfigError(f"invalid --min-train-clients {fed.min_train_clients}: only "
-                          f"{resources.num_clients} simulated clients (--num-clients)")
+    for key, wanted in (("min-train-clients", fed.min_train_clients),
+                        ("min-updates", fed.min_updates)):
+        if wanted > resources.num_clients:
+            raise ConfigError(f"invalid --{key} {wanted}: only {resources.num_clients} "
+                              "simulated clients (--num-clients)")
     check_run_dir(cfg)
+    preflight(cfg, resources)
     # Ray workers need not share this process's working directory.
     cfg = cfg.replace(**{"run-dir": str(Path(fed.run_dir).resolve())})
     if fed.min_available_clients > resources.num_clients:
@@ -62,6 +90,52 @@ def simulate(cfg: RunConfig, resources: SimulationResources, verbose: bool = Fal
     run_dir = Path(cfg.federation.run_dir)
     collect_node_keys(run_dir)
     return run_dir
+
+
+def preflight(cfg: RunConfig, resources: SimulationResources) -> None:
+    """What the ServerApp or a ClientApp would only refuse once Ray runs, refused now.
+
+    Inside the simulation such a mistake surfaces late, wrapped in Flower's and Ray's
+    logs, or as rounds in which every client fails; here it is one line, and nothing
+    has been started or written.
+    """
+    from datasets import Dataset
+
+    from common.model import load_tokenizer, pick_device
+    from common.partition import make_partitioner, simulation_split
+
+    run_dir = Path(cfg.federation.run_dir)
+    for folder in (run_dir, *run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"invalid --run-dir {run_dir}: {folder} is a file, "
+                                  "not a folder")
+            break
+    pick_device(cfg.train.device)
+    load_tokenizer(cfg.model)
+    pool, _ = simulation_split(cfg.data, cfg.train.seed)  # reads and checks the data file
+    labels = cfg.data.label_names or pool.label_names
+    if cfg.data.partitioner == "label" and cfg.data.classes_per_client > len(labels):
+        raise ConfigError(f"invalid --classes-per-client {cfg.data.classes_per_client}: "
+                          f"the data has only {len(labels)} labels")
+    if len(pool) < resources.num_clients:
+        raise ConfigError(f"invalid --num-clients {resources.num_clients}: only {len(pool)} "
+                          "training examples to share among them (raise --max-examples)")
+    # Partition as every client will (seeded, so identically): none may be left empty.
+    partitioner = make_partitioner(cfg.data, resources.num_clients, cfg.train.seed)
+    partitioner.dataset = Dataset.from_dict({"label": pool.labels})
+    try:
+        with warnings.catch_warnings():  # Dirichlet's retries warn; the outcome is what counts
+            warnings.simplefilter("ignore")
+            sizes = [len(partitioner.load_partition(i)) for i in range(resources.num_clients)]
+    except ValueError as exc:  # flwr-datasets: the partitioner cannot split this data
+        raise ConfigError(f"invalid --partitioner {cfg.data.partitioner}: cannot split "
+                          f"{len(pool)} examples among {resources.num_clients} clients "
+                          f"({exc})") from None
+    if min(sizes) == 0:
+        raise ConfigError(f"invalid --partitioner {cfg.data.partitioner}: client "
+                          f"{sizes.index(0)} of {resources.num_clients} gets no data; use "
+                          "fewer --num-clients or more --max-examples")
 
 
 def collect_node_keys(run_dir: Path) -> Path:

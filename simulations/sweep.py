@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.errors import ConfigError  # noqa: E402
 from common.partition import simulation_split  # noqa: E402
+from simulations.plots import read_rounds  # noqa: E402
 from simulations.run import SimulationResources, simulate  # noqa: E402
 
 
@@ -27,12 +29,32 @@ def parse_epsilons(text: str) -> list[float | None]:
         except ValueError:
             raise ConfigError(f"invalid --epsilons {text!r}: {part!r} is not a number "
                               "or 'none'") from None
-        if value is not None and value <= 0:
-            raise ConfigError(f"invalid --epsilons {text!r}: epsilons must be > 0")
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"invalid --epsilons {text!r}: {part!r} is not a finite "
+                              "number > 0 (or 'none' for no DP)")
+        if setting_name(value) in map(setting_name, out):  # one run folder per setting
+            raise ConfigError(f"invalid --epsilons {text!r}: {part!r} repeats the setting "
+                              f"{setting_name(value)}")
         out.append(value)
     if not out:
-        raise ConfigError("invalid --epsilons: give at least one value, e.g. none,8,1")
+        raise ConfigError(f"invalid --epsilons {text!r}: give at least one value, e.g. none,8,1")
     return out
+
+
+def setting_name(eps: float | None) -> str:
+    """The run folder (and table row) of one epsilon of a sweep."""
+    return "no-dp" if eps is None else f"eps-{eps:g}"
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """--out is a new or empty folder: a sweep never mixes its runs with earlier files."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"invalid --out {out_dir}: {folder} is a file, not a folder")
+            break
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ConfigError(f"invalid --out {out_dir}: folder is not empty; choose another")
 
 
 def majority_baseline(cfg: RunConfig) -> tuple[str, float]:
@@ -44,15 +66,14 @@ def majority_baseline(cfg: RunConfig) -> tuple[str, float]:
 
 def sweep(cfg: RunConfig, epsilons: list[float | None], resources: SimulationResources,
           out_dir: Path) -> list[dict]:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(f"invalid --out {out_dir}: folder is not empty; choose another")
+    check_out_dir(out_dir)
     rows = []
     for eps in epsilons:
-        name = "no-dp" if eps is None else f"eps-{eps:g}"
+        name = setting_name(eps)
         run_cfg = cfg.replace(**{"run-dir": str(out_dir / name), "dp": eps is not None,
                                  "epsilon": eps or cfg.privacy.epsilon})
         run_dir = simulate(run_cfg, resources)
-        final = json.loads((run_dir / "metrics.json").read_text())["rounds"][-1]
+        final = read_rounds(run_dir)[-1]
         rows.append({"setting": name, "epsilon_target": eps if eps else float("inf"),
                      "epsilon_spent_max": final["epsilon_max"] if eps else float("inf"),
                      "accuracy": final["accuracy"], "loss": final["loss"]})
