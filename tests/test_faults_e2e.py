@@ -79,6 +79,17 @@ def node_keys(pki: Path, names, tmp_path: Path) -> Path:
     return keys
 
 
+def assert_nothing_lost(run_dir: Path, tmp_path: Path, pki: Path, ids: dict[str, int]) -> None:
+    """Each node's own ledger is exactly what the server holds for it, and it all audits."""
+    server_lines = ledger_lines(run_dir / "ledger.jsonl")
+    for name, node_id in ids.items():
+        own = ledger_lines(tmp_path / f"node-{name}" / "ledger.jsonl")
+        assert [signed_part(x) for x in own] == [
+            signed_part(x) for x in server_lines if x["record"]["node_id"] == node_id]
+    report = audit(run_dir / "ledger.jsonl", node_keys(pki, ids, tmp_path))
+    assert report.ok, [str(p) for p in report.failures]
+
+
 def test_a_node_killed_mid_round_is_left_out_recorded_and_rejoins(tmp_path):
     names = ["alice", "bob", "carol"]
     pki = make_pki(tmp_path / "certs", names)
@@ -119,14 +130,7 @@ def test_a_node_killed_mid_round_is_left_out_recorded_and_rejoins(tmp_path):
     assert round1["trained"] == 2 and round1["aggregated"]
     assert [f["node"] for f in round1["failures"]] == [carol]
     assert all(row["trained"] == 3 and not row["failures"] for row in metrics if row["round"] > 1)
-    # Nothing lost: each node's own ledger is exactly what the server holds for it.
-    server_lines = ledger_lines(run_dir / "ledger.jsonl")
-    for name in names:
-        own = ledger_lines(tmp_path / f"node-{name}" / "ledger.jsonl")
-        assert [signed_part(x) for x in own] == [
-            signed_part(x) for x in server_lines if x["record"]["node_id"] == ids[name]]
-    report = audit(run_dir / "ledger.jsonl", node_keys(pki, names, tmp_path))
-    assert report.ok, [str(p) for p in report.failures]
+    assert_nothing_lost(run_dir, tmp_path, pki, ids)
 
 
 def test_a_coordinator_killed_after_round_1_resumes_with_nothing_lost(tmp_path):
@@ -169,12 +173,6 @@ def test_a_coordinator_killed_after_round_1_resumes_with_nothing_lost(tmp_path):
         json.loads((run_dir / "run.json").read_text())["ledger_run"]}
     assert (run_dir / "final_model" / "config.json").exists()
     assert_model_changed(run_dir, 3)
-    server_lines = ledger_lines(run_dir / "ledger.jsonl")
-    for name in names:
-        own = ledger_lines(tmp_path / f"node-{name}" / "ledger.jsonl")
-        assert [signed_part(x) for x in own] == [
-            signed_part(x) for x in server_lines if x["record"]["node_id"] == ids[name]]
-    report = audit(run_dir / "ledger.jsonl", node_keys(pki, names, tmp_path))
-    assert report.ok, [str(p) for p in report.failures]
+    assert_nothing_lost(run_dir, tmp_path, pki, ids)
     assert [row["round"] for row in json.loads((run_dir / "metrics.json").read_text())["rounds"]
             ][-1] == 3
