@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ class SimulationResources:
         if not (math.isfinite(self.client_gpus) and self.client_gpus >= 0):
             raise ConfigError(f"invalid --client-gpus {self.client_gpus}: must be a finite "
                               "number >= 0")
-        if self.ray_address:
+        if self.ray_address not in ("", "local"):
             return  # a cluster's resources are Ray's to judge
         cpus = os.cpu_count() or 1
         if self.client_cpus > cpus:
@@ -92,6 +93,35 @@ def simulate(cfg: RunConfig, resources: SimulationResources, verbose: bool = Fal
     return run_dir
 
 
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """A Ray cluster to join answers (Flower waits forever on one that does not)."""
+    if address in ("", "local"):
+        return
+    given = address
+    if address == "auto":
+        try:  # how ray.init finds "auto" (RAY_ADDRESS, or a cluster this machine started)
+            from ray._private.services import get_ray_address_from_environment
+        except ImportError:
+            return  # Ray moved its helper: let Ray judge
+        try:
+            address = get_ray_address_from_environment("auto", None)
+        except ConnectionError:
+            raise ConfigError("invalid --ray-address 'auto': no running Ray cluster found "
+                              "(start one with `ray start --head`, or give its address)") from None
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    if not (sep and host and port.isdecimal() and 0 < int(port) < 65536):
+        raise ConfigError(f"invalid --ray-address {given!r}: expected auto, HOST:PORT or "
+                          "ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except OSError as err:
+        reason = "no answer" if isinstance(err, TimeoutError) else err.strerror or str(err)
+    raise ConfigError(f"invalid --ray-address {given!r}: cannot reach the Ray cluster at "
+                      f"{host}:{port} ({reason})")
+
+
 def preflight(cfg: RunConfig, resources: SimulationResources) -> None:
     """What the ServerApp or a ClientApp would only refuse once Ray runs, refused now.
 
@@ -104,6 +134,7 @@ def preflight(cfg: RunConfig, resources: SimulationResources) -> None:
     from common.model import load_tokenizer, pick_device
     from common.partition import make_partitioner, simulation_split
 
+    check_ray_address(resources.ray_address)
     run_dir = Path(cfg.federation.run_dir)
     for folder in (run_dir, *run_dir.parents):
         if folder.exists():
@@ -136,6 +167,45 @@ def preflight(cfg: RunConfig, resources: SimulationResources) -> None:
         raise ConfigError(f"invalid --partitioner {cfg.data.partitioner}: client "
                           f"{sizes.index(0)} of {resources.num_clients} gets no data; use "
                           "fewer --num-clients or more --max-examples")
+    check_epsilon_reachable(cfg, sizes)
+
+
+def check_epsilon_reachable(cfg: RunConfig, partition_sizes: list[int]) -> None:
+    """Each client's planned training can be noised down to --epsilon.
+
+    A client derives its noise multiplier with Opacus's `get_noise_multiplier`, which
+    doubles sigma from 20 and gives up ("The privacy budget is too low") once it passes
+    MAX_SIGMA; the accountants' epsilon stops falling there (about 0.01 for PRV, 0.1 for
+    RDP). Such a client fails every round; here the plan is checked at that largest sigma.
+    """
+    priv = cfg.privacy
+    if not priv.dp or priv.noise_multiplier:
+        return  # no noise to derive
+    from opacus.accountants.utils import MAX_SIGMA
+
+    from client.node import LOCAL_EVAL_FRACTION
+    from common.data import LabelledTexts, split
+    from common.privacy import epsilon_spent
+
+    sigma = 20.0
+    while sigma <= MAX_SIGMA:
+        sigma *= 2
+    plans = set()
+    for size in partition_sizes:  # the client's own split and loader, as client/app.py
+        rows = LabelledTexts([""] * size, [0] * size, ())
+        train, _ = split(rows, LOCAL_EVAL_FRACTION, cfg.train.seed)
+        batches = math.ceil(len(train) / cfg.train.batch_size)
+        steps = cfg.train.local_steps or cfg.train.local_epochs * batches
+        plans.add((1 / batches, steps * cfg.federation.num_rounds))
+    with warnings.catch_warnings():  # PRV's numerics warn at such a sigma; the value holds
+        warnings.simplefilter("ignore")
+        floor = max(epsilon_spent([(sigma, q, steps)], priv.delta, priv.accountant)
+                    for q, steps in plans)
+    if floor > priv.epsilon:
+        raise ConfigError(f"invalid --epsilon {priv.epsilon:g}: below what the {priv.accountant} "
+                          f"accountant can reach for this training (at least {floor:.3g}, even "
+                          "with the most noise Opacus tries); raise --epsilon or set "
+                          "--noise-multiplier")
 
 
 def collect_node_keys(run_dir: Path) -> Path:

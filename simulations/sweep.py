@@ -17,7 +17,7 @@ from common.config import RunConfig  # noqa: E402
 from common.errors import ConfigError  # noqa: E402
 from common.partition import simulation_split  # noqa: E402
 from simulations.plots import read_rounds  # noqa: E402
-from simulations.run import SimulationResources, simulate  # noqa: E402
+from simulations.run import SimulationResources, preflight, simulate  # noqa: E402
 
 
 def parse_epsilons(text: str) -> list[float | None]:
@@ -67,11 +67,14 @@ def majority_baseline(cfg: RunConfig) -> tuple[str, float]:
 def sweep(cfg: RunConfig, epsilons: list[float | None], resources: SimulationResources,
           out_dir: Path) -> list[dict]:
     check_out_dir(out_dir)
+    runs = [(eps, setting_name(eps),
+             cfg.replace(**{"run-dir": str(out_dir / setting_name(eps)), "dp": eps is not None,
+                            "epsilon": eps or cfg.privacy.epsilon}))
+            for eps in epsilons]
+    for *_, run_cfg in runs:  # every setting checked before the first one trains
+        preflight(run_cfg, resources)
     rows = []
-    for eps in epsilons:
-        name = setting_name(eps)
-        run_cfg = cfg.replace(**{"run-dir": str(out_dir / name), "dp": eps is not None,
-                                 "epsilon": eps or cfg.privacy.epsilon})
+    for eps, name, run_cfg in runs:
         run_dir = simulate(run_cfg, resources)
         final = read_rounds(run_dir)[-1]
         rows.append({"setting": name, "epsilon_target": eps if eps else float("inf"),

@@ -133,6 +133,7 @@ def simulate_argv(run_dir: Path, *extra: str) -> list[str]:
     ("--client-cpus", "inf"), ("--client-cpus", "100000"), ("--client-gpus", "-1"),
     ("--client-gpus", "nan"), ("--client-gpus", "100000"), ("--seed", "-1"),
     ("--seed", "99999999999999999999999"), ("--min-train-clients", "3"), ("--min-updates", "3"),
+    ("--ray-address", "ray://127.0.0.1:9"), ("--ray-address", "nonsense"),
 ])
 def test_simulate_refuses_a_bad_flag_value(capsys, tmp_path, flag, value):
     one_line_error(capsys, simulate_argv(tmp_path / "run", flag, value), flag)
@@ -151,6 +152,8 @@ def test_simulate_refuses_bad_data_before_starting(capsys, files, tmp_path, name
     (["--partitioner", "label", "--classes-per-client", "5"], "--classes-per-client 5"),
     (["--max-examples", "5", "--num-clients", "8"], "--num-clients 8"),
     (["--model", "/nonexistent/model"], "--model /nonexistent/model"),
+    (["--epsilon", "0.005"], "--epsilon 0.005: below what the prv accountant can reach"),
+    (["--epsilon", "0.05", "--accountant", "rdp"], "--epsilon 0.05: below what the rdp"),
 ])
 def test_simulate_refuses_what_the_apps_would_only_find_inside_ray(capsys, files, tmp_path,
                                                                    extra, needle):
@@ -188,6 +191,11 @@ def sweep_argv(out: Path, *extra: str) -> list[str]:
 def test_sweep_refuses_bad_epsilons(capsys, tmp_path, epsilons):
     one_line_error(capsys, sweep_argv(tmp_path / "out", "--epsilons", epsilons), "--epsilons")
     assert not (tmp_path / "out").exists()
+
+
+def test_sweep_refuses_an_epsilon_no_noise_reaches(capsys, tmp_path):
+    one_line_error(capsys, sweep_argv(tmp_path / "out", "--epsilons", "8,1e-300"),
+                   "--epsilon 1e-300: below what")
 
 
 def test_sweep_keeps_a_folder_that_is_not_empty(capsys, tmp_path):
