@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, Pub
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.errors import FedPrivError
-from common.files import write_atomic
+from common.files import blocking_file, write_atomic
 
 KeyType = Literal["ec", "rsa"]
 KEY_TYPES: tuple[KeyType, ...] = ("ec", "rsa")
@@ -131,11 +131,8 @@ def _check_days(days: int) -> None:
 def _check_dir(directory: Path) -> None:
     """``--dir`` is a folder or can become one: checked before any key is made."""
     directory = Path(directory)
-    for folder in (directory, *directory.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise CertError(f"invalid --dir {directory}: {folder} is a file, not a folder")
-            return
+    if (blocker := blocking_file(directory)) is not None:
+        raise CertError(f"invalid --dir {directory}: {blocker} is a file, not a folder")
 
 
 def _check_node_name(name: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from certs import tool
 from common.errors import ConfigError
+from common.files import blocking_file
 from common.launch import (
     LaunchError,
     Service,
@@ -129,12 +130,8 @@ def check_max_wait_time(seconds: float | None) -> None:
 def check_state_dir(state_dir: Path) -> Path:
     """The node's state folder, resolved; refused before connecting if it cannot be one."""
     resolved = state_dir.expanduser().resolve()
-    for folder in (resolved, *resolved.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise ConfigError(f"invalid --state-dir {state_dir}: {folder} is a file, "
-                                  "not a folder")
-            break
+    if (blocker := blocking_file(resolved)) is not None:
+        raise ConfigError(f"invalid --state-dir {state_dir}: {blocker} is a file, not a folder")
     return resolved
 
 

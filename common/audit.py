@@ -36,7 +36,7 @@ import opacus
 from opacus.accountants import create_accountant
 
 from common.errors import FedPrivError
-from common.files import write_atomic
+from common.files import blocking_file, write_atomic
 from common.ledger import (
     EXTRA_KEY,
     LedgerLine,
@@ -623,9 +623,8 @@ def _check_outputs(args: argparse.Namespace) -> list[tuple[Path, Any]]:
         path = Path(value)
         if path.is_dir():
             raise FedPrivError(f"invalid {flag} {path}: is a folder; give a file name")
-        parent = next((d for d in path.parents if d.exists()), None)
-        if parent is not None and not parent.is_dir():
-            raise FedPrivError(f"invalid {flag} {path}: {parent} is a file, not a folder")
+        if (blocker := blocking_file(path.parent)) is not None:
+            raise FedPrivError(f"invalid {flag} {path}: {blocker} is a file, not a folder")
         for other in inputs:
             if _same_file(path, other):
                 raise FedPrivError(f"invalid {flag} {path}: that is a ledger being audited; "

@@ -7,6 +7,18 @@ import tempfile
 from pathlib import Path
 
 
+def blocking_file(folder: Path) -> Path | None:
+    """The file that stands where `folder` or one of its parents would have to be, or None.
+
+    Checked before anything is written, so a path that can never become a folder is
+    refused up front rather than halfway through.
+    """
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, replace: bool = True) -> None:
     """Write `data` via a temporary file in the same folder, fsync, then move it into place.
 

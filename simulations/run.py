@@ -21,6 +21,7 @@ from flwr.supercore.telemetry import EventType
 from client.app import app as client_app
 from common.config import RunConfig
 from common.errors import ConfigError
+from common.files import blocking_file
 from server.app import app as server_app
 from server.rundir import check_run_dir
 
@@ -136,12 +137,8 @@ def preflight(cfg: RunConfig, resources: SimulationResources) -> None:
 
     check_ray_address(resources.ray_address)
     run_dir = Path(cfg.federation.run_dir)
-    for folder in (run_dir, *run_dir.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise ConfigError(f"invalid --run-dir {run_dir}: {folder} is a file, "
-                                  "not a folder")
-            break
+    if (blocker := blocking_file(run_dir)) is not None:
+        raise ConfigError(f"invalid --run-dir {run_dir}: {blocker} is a file, not a folder")
     pick_device(cfg.train.device)
     load_tokenizer(cfg.model)
     pool, _ = simulation_split(cfg.data, cfg.train.seed)  # reads and checks the data file

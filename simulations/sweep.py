@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common.config import RunConfig  # noqa: E402
 from common.errors import ConfigError  # noqa: E402
+from common.files import blocking_file  # noqa: E402
 from common.partition import simulation_split  # noqa: E402
 from simulations.plots import read_rounds  # noqa: E402
 from simulations.run import SimulationResources, preflight, simulate  # noqa: E402
@@ -48,11 +49,8 @@ def setting_name(eps: float | None) -> str:
 
 def check_out_dir(out_dir: Path) -> None:
     """--out is a new or empty folder: a sweep never mixes its runs with earlier files."""
-    for folder in (out_dir, *out_dir.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise ConfigError(f"invalid --out {out_dir}: {folder} is a file, not a folder")
-            break
+    if (blocker := blocking_file(out_dir)) is not None:
+        raise ConfigError(f"invalid --out {out_dir}: {blocker} is a file, not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise ConfigError(f"invalid --out {out_dir}: folder is not empty; choose another")
 
