@@ -75,7 +75,7 @@ class RunState:
     arrays: dict[str, np.ndarray] | None
 
 
-def start_state(cfg: RunConfig, run_dir: Path, flower_run: int) -> RunState:
+def start_state(cfg: RunConfig, run_dir: Path, ledger: Ledger, flower_run: int) -> RunState:
     """A new run writes run.json; a resumed one loads its newest good checkpoint."""
     if not cfg.federation.resume:
         saved = {"ledger_run": flower_run, "config": cfg.replace(resume=False).to_flat()}
@@ -83,9 +83,7 @@ def start_state(cfg: RunConfig, run_dir: Path, flower_run: int) -> RunState:
         return RunState(ledger_run=flower_run, completed_rounds=0, arrays=None)
     ledger_run = int(saved_run(run_dir)["ledger_run"])
     checkpoint, arrays = latest_good_checkpoint(run_dir)
-    # Opening the ledger also sets aside a line cut off by the kill.
-    trained = [r.round for r in Ledger(run_dir / "ledger.jsonl").records()
-               if r.run_id == ledger_run]
+    trained = [r.round for r in ledger.records() if r.run_id == ledger_run]
     completed = checkpoint
     if max(trained, default=0) > checkpoint + 1:
         completed = max(trained)
@@ -101,7 +99,9 @@ def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None,
     cfg = resolve_labels(cfg)
     run_dir = check_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = start_state(cfg, run_dir, flower_run)
+    # Opening the ledger also sets aside a line cut off by a kill.
+    ledger = Ledger(run_dir / "ledger.jsonl")
+    state = start_state(cfg, run_dir, ledger, flower_run)
     labels = cfg.data.label_names
     tokenizer = load_tokenizer(cfg.model)
     model = build_model(cfg.model, labels, cfg.train.seed)
@@ -116,7 +116,7 @@ def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None,
     fed = cfg.federation
     done = state.completed_rounds
     strategy = make_strategy(
-        fed.aggregation, fed.trim_fraction, ledger=Ledger(run_dir / "ledger.jsonl"),
+        fed.aggregation, fed.trim_fraction, ledger=ledger,
         run_dir=run_dir, ledger_run=state.ledger_run, learning_rate=cfg.train.learning_rate,
         first_round=done + 1, min_updates=fed.min_updates,
         fraction_train=fed.fraction_train, fraction_evaluate=fed.fraction_evaluate,

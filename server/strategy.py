@@ -84,11 +84,18 @@ class PrivacyRounds:
                                                                   min_updates)
         self.rounds: dict[int, RoundOutcome] = {}
         self.federated_metrics: dict[int, dict[str, float]] = {}
-        self.global_arrays: dict[str, np.ndarray] = {}
+        self.expect({})
         # The messages sent per (round, kind): Flower's grid gives each its id when it is
         # pushed, and an error reply made by the SuperLink (node unavailable) names no
         # node, only the message it answers.
         self.asked: dict[tuple[int, str], list[Message]] = {}
+
+    def expect(self, arrays: dict[str, np.ndarray]) -> None:
+        """The global model every update of this round must fit, and its size and norm."""
+        self.global_arrays = arrays
+        self.global_size = sum(a.size for a in arrays.values())
+        self.global_norm = math.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2))
+                                         for a in arrays.values()))
 
     def round_of(self, count: int) -> int:
         return count + self.first_round - 1
@@ -117,7 +124,7 @@ class PrivacyRounds:
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         server_round = self.round_of(server_round)
-        self.global_arrays = from_record(arrays)  # what every update must match
+        self.expect(from_record(arrays))
         return self._addressed(server_round, "train",
                                super().configure_train(server_round, arrays, config, grid))
 
@@ -199,11 +206,9 @@ class PrivacyRounds:
         if len(msg.content.array_records) != 1 or len(msg.content.metric_records) != 1:
             return "expected one set of weights and one set of metrics"
         update = from_record(next(iter(msg.content.array_records.values())))
-        expected = self.global_arrays
-        bound = max_update_norm(
-            record.steps, self.learning_rate, sum(a.size for a in expected.values()),
-            math.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in expected.values())))
-        return update_problem(update, expected, bound)
+        bound = max_update_norm(record.steps, self.learning_rate, self.global_size,
+                                self.global_norm)
+        return update_problem(update, self.global_arrays, bound)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
                            ) -> MetricRecord | None:

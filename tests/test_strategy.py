@@ -55,7 +55,7 @@ def strategy(tmp_path, global_arrays=ZERO, **kw) -> PrivacyRounds:
     s = make_strategy(kw.pop("aggregation", "fedavg"), 0.2, run_dir=tmp_path,
                       ledger=Ledger(tmp_path / "ledger.jsonl"), ledger_run=1, learning_rate=1.0,
                       **kw)
-    s.global_arrays = {k: v.copy() for k, v in global_arrays.items()}
+    s.expect({k: v.copy() for k, v in global_arrays.items()})
     return s
 
 
