@@ -32,11 +32,12 @@ from torch.utils.data import DataLoader  # noqa: E402
 from common import privacy  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.data import encode, load_labelled_texts, subsample  # noqa: E402
-from common.ledger import GENESIS, entry_to_json, generate_signing_key, make_entry  # noqa: E402
+from common.ledger.entry import GENESIS, entry_to_json, make_entry  # noqa: E402
+from common.ledger.keys import generate_signing_key  # noqa: E402
+from common.ledger.record import PrivacyRecord  # noqa: E402
 from common.model import build_model, load_tokenizer, pick_device, trainable_state  # noqa: E402
-from common.records import PrivacyRecord  # noqa: E402
 from common.training import make_optimizer  # noqa: E402
-from common.weights import nbytes, to_record  # noqa: E402
+from common.wire import nbytes, to_record  # noqa: E402
 
 
 def step_times(cfg: RunConfig, dataset, dp: bool, steps: int, warmup: int = 2) -> list[float]:

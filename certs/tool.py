@@ -388,7 +388,7 @@ def ssh_fingerprint(public_key: ec.EllipticCurvePublicKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def create_node_key(directory: Path, name: str, *, force: bool = False) -> Issued:
+def create_node_auth_key(directory: Path, name: str, *, force: bool = False) -> Issued:
     """Create a SuperNode's authentication key pair: EC P-384 in OpenSSH format.
 
     That is what ``flower-supernode --auth-supernode-private-key`` loads

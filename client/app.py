@@ -2,7 +2,7 @@
 
 Simulation (`fedpriv simulate`) and deployment (SuperNode) run this same app.
 Every reply carries a privacy record, signed and chained into the node's own ledger
-(common/ledger.py) before it is sent.
+(common.ledger) before it is sent.
 """
 
 from __future__ import annotations
@@ -24,14 +24,10 @@ from client.outbox import Outbox, Outgoing
 from common import privacy
 from common.config import RunConfig
 from common.data import LabelledTexts, encode
-from common.ledger import (
-    NodeLedger,
-    data_commitment,
-    entry_hash,
-    entry_recorddict,
-    fingerprint_arrays,
-    make_extra,
-)
+from common.ledger.entry import entry_hash
+from common.ledger.provenance import data_commitment, fingerprint_arrays, make_extra
+from common.ledger.record import PrivacyRecord
+from common.ledger.store import NodeLedger
 from common.model import (
     build_model,
     load_tokenizer,
@@ -39,9 +35,8 @@ from common.model import (
     pick_device,
     trainable_state,
 )
-from common.records import LEDGER_HEAD_KEY, LEDGER_RUN_KEY, PrivacyRecord
 from common.training import evaluate, make_optimizer, train_steps
-from common.weights import from_record, to_record
+from common.wire import LEDGER_HEAD_KEY, LEDGER_RUN_KEY, entry_recorddict, from_record, to_record
 
 app = ClientApp()
 log = logging.getLogger("fedpriv.client")
@@ -96,7 +91,7 @@ class NodeRound:
             base.update(mechanism=privacy.MECHANISM, accountant=p.accountant,
                         noise_multiplier=p.noise_multiplier, sample_rate=p.sample_rate,
                         max_grad_norm=p.max_grad_norm,
-                        epsilon=privacy.epsilon_spent(self.state.history(), p.delta,
+                        epsilon=privacy.epsilon(self.state.history(), p.delta,
                                                       p.accountant))
         return PrivacyRecord(**{**base, **fields})
 
@@ -193,7 +188,7 @@ def train(msg: Message, context: Context) -> Message:
         node.state.set_plan(run_id, plan)
         node.state.save(node.files.state)
     try:
-        privacy.check_budget(node.state.history(), plan)
+        privacy.next_round_epsilon(node.state.history(), plan)
     except privacy.BudgetExhausted as exc:
         log.warning("node %s refuses round %s: %s", context.node_id, node.server_round, exc)
         return node.reply(node.record("refused", reason=str(exc)))

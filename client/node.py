@@ -21,7 +21,7 @@ from common.config import RunConfig
 from common.data import LabelledTexts, load_labelled_texts, split
 from common.errors import ConfigError
 from common.files import write_atomic
-from common.ledger import create_node_key, load_private_key
+from common.ledger.keys import create_signing_key, load_private_key
 from common.partition import client_partition, simulation_split
 from common.privacy import History, PrivacyPlan
 
@@ -118,7 +118,7 @@ class NodeFiles:
 
     def signing_key(self) -> Ed25519PrivateKey:
         if not self.key.exists():
-            return create_node_key(self.key, self.public_key)
+            return create_signing_key(self.key, self.public_key)
         return load_private_key(self.key)
 
     def data_salt(self) -> bytes:

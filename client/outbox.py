@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save
 
 from common.files import write_atomic
-from common.ledger import fingerprint_arrays
+from common.ledger.provenance import fingerprint_arrays
 
 log = logging.getLogger("fedpriv.client")
 KEEP = 3

@@ -18,78 +18,26 @@ No privacy mathematics is done here: epsilon comes from
 
 from __future__ import annotations
 
-import argparse
-import base64
-import html
-import io
 import json
 import math
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import opacus
-from opacus.accountants import create_accountant
 
-from common.errors import FedPrivError
-from common.files import blocking_file, write_atomic
-from common.ledger import (
-    EXTRA_KEY,
-    LedgerLine,
-    Problem,
-    entry_hash,
-    key_names,
-    load_trusted_keys,
-    node_name,
-    read_ledger,
-    verify_entries,
-)
-from common.privacy import MECHANISM
+from common.config import ACCOUNTANTS
+from common.ledger.entry import EXTRA_KEY, LedgerLine, entry_hash
+from common.ledger.keys import load_trusted_keys
+from common.ledger.store import read_ledger
+from common.ledger.verify import Problem, key_names, node_name, verify_entries
+from common.privacy import MECHANISM, Phase, epsilon
 
-ACCOUNTANTS = ("prv", "rdp")
 DEFAULT_TOLERANCE = 0.01   # relative: a claim may be at most 1% below the recomputed epsilon
 PRV_EPS_ERROR = 0.01       # Opacus PRVAccountant's default eps_error (absolute)
 BUDGET_SLACK = 1e-9        # float noise only: a budget is a hard limit
-
-Phase = tuple[float, float, int]
-
-
-# --- epsilon, by Opacus -----------------------------------------------------------
-
-
-def opacus_history(phases: Sequence[Phase]) -> tuple[Phase, ...]:
-    """The history an Opacus accountant would hold after these rounds.
-
-    Opacus's accountants merge consecutive steps with the same (sigma, q) into one
-    phase, so three rounds of 30 identical steps are one phase of 90 steps.
-    """
-    merged: list[Phase] = []
-    for sigma, q, steps in phases:
-        if steps <= 0:
-            continue
-        if merged and merged[-1][0] == sigma and merged[-1][1] == q:
-            merged[-1] = (sigma, q, merged[-1][2] + steps)
-        else:
-            merged.append((float(sigma), float(q), int(steps)))
-    return tuple(merged)
-
-
-def recompute_epsilon(phases: Sequence[Phase], delta: float, accountant: str) -> float:
-    """Epsilon of all `phases` at `delta`, by a fresh Opacus accountant ("prv" or "rdp")."""
-    return _epsilon(opacus_history(phases), float(delta), accountant)
-
-
-@lru_cache(maxsize=4096)  # a pure function of its arguments; PRV is slow enough to memoise
-def _epsilon(history: tuple[Phase, ...], delta: float, accountant: str) -> float:
-    if not history:
-        return 0.0
-    acc = create_accountant(mechanism=accountant)
-    acc.history = list(history)
-    return float(acc.get_epsilon(delta=delta))
 
 
 # --- the report ---------------------------------------------------------------------
@@ -174,9 +122,6 @@ class AuditReport:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)
-
-    def to_html(self) -> str:
-        return render_html(self)
 
 
 def _finite(obj: Any) -> Any:
@@ -338,7 +283,7 @@ def _recompute(phases: Sequence[Phase], delta: float,
     out: list[float | None] = []
     for accountant in ACCOUNTANTS:
         try:
-            out.append(recompute_epsilon(phases, delta, accountant))
+            out.append(epsilon(phases, delta, accountant))
         except Exception as exc:  # a hostile ledger must not crash the audit
             # The numerical code can fail in many ways on extreme parameters; that is a
             # finding about this record, not a reason to stop auditing the others.
@@ -441,210 +386,3 @@ def _differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     fields = sorted(k for k in set(ra) | set(rb) if ra.get(k) != rb.get(k))
     fields += [k for k in ("prev_hash", "signature") if a[k] != b[k]]
     return "fields " + ", ".join(fields) if fields else "same content, different encoding"
-
-
-# --- output -------------------------------------------------------------------------
-
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4g}" if math.isfinite(x) else str(x)
-
-
-TABLE_COLUMNS = ("node", "run", "rounds", "refused", "eps claimed", "eps PRV", "eps RDP",
-                 "budget", "delta", "accountant", "verdict")
-
-
-def table_rows(report: AuditReport) -> list[tuple[str, ...]]:
-    """The per-node table, as text cells (shared by the terminal and HTML output)."""
-    return [(n.node, str(n.run_id), str(n.rounds), str(n.refused), _fmt(n.claimed),
-             _fmt(n.prv), _fmt(n.rdp), _fmt(n.budget), f"{n.delta:g}", n.accountant, n.verdict)
-            for n in report.nodes]
-
-
-def plot_png(summary: NodeSummary) -> bytes:
-    """A PNG of one node's cumulative epsilon per round: claimed, PRV, RDP and budget."""
-    # imported here: only reports need matplotlib (and no pyplot: no global figure state)
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(5.5, 3.2), dpi=100)
-    ax = fig.add_subplot()
-    pts = [p for p in summary.points if p.kind == "train"] or summary.points
-    rounds = [p.round for p in pts]
-    for label, values, style in (("claimed", [p.claimed for p in pts], "o-"),
-                                 ("PRV (recomputed)", [p.prv for p in pts], "s--"),
-                                 ("RDP (recomputed)", [p.rdp for p in pts], "^:")):
-        if all(v is not None and math.isfinite(v) for v in values):
-            ax.plot(rounds, values, style, label=label)
-    ax.axhline(summary.budget, color="red", linewidth=1, label="budget")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("round")
-    ax.set_ylabel(f"cumulative epsilon (delta {summary.delta:g})")
-    ax.set_title(f"{summary.node}, run {summary.run_id}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:70em}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.3em .6em}
-th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.PASS{color:#176f2c;font-weight:bold}.FAIL{color:#b00020;font-weight:bold}
-li.fail{color:#b00020}li.warn{color:#8a5a00}figure{display:inline-block;margin:.5em}
-code{background:#f6f6f6;padding:0 .2em}
-"""
-
-
-def render_html(report: AuditReport) -> str:
-    """A self-contained HTML report: inline CSS, plots embedded as base64 PNG."""
-    e = html.escape
-    verdict = "PASS" if report.ok else "FAIL"
-    head = "".join(f"<th>{e(c)}</th>" for c in TABLE_COLUMNS)
-    rows = []
-    for cells in table_rows(report):
-        tds = [f'<td class="num">{e(c)}</td>' if 1 <= i <= 8 else f"<td>{e(c)}</td>"
-               for i, c in enumerate(cells[:-1])]
-        v = cells[-1]
-        tds.append(f'<td class="{v.split()[0]}">{e(v)}</td>')
-        rows.append("<tr>" + "".join(tds) + "</tr>")
-
-    def section(title: str, problems: Sequence[Problem], cls: str) -> str:
-        lis = "".join(f'<li class="{cls}"><code>{e(str(p))}</code></li>' for p in problems)
-        return f"<h2>{title} ({len(problems)})</h2><ul>{lis or '<li>none</li>'}</ul>"
-
-    notes = "".join(f"<li>{e(n)}</li>" for n in report.notes)
-
-    figures = "".join(
-        f'<figure><img alt="epsilon per round of {e(n.node)}" src="data:image/png;base64,'
-        f'{base64.b64encode(plot_png(n)).decode()}"></figure>'
-        for n in report.nodes if n.points)
-    compared = (f"<p>Compared with <code>{e(report.compared_with)}</code>.</p>"
-                if report.compared_with else "")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Privacy audit: {verdict}</title>
-<style>{_CSS}</style></head><body>
-<h1>Privacy audit: <span class="{verdict}">{verdict}</span></h1>
-<p>Ledger <code>{e(report.ledger)}</code> ({report.entries} entries), trusted keys
-<code>{e(report.keys_dir or "none")}</code>. Epsilon recomputed with Opacus
-{e(opacus.__version__)} (PRV and RDP); a claim may be at most
-{report.tolerance:.1%} (PRV: or {PRV_EPS_ERROR}) below the recomputed value.</p>
-{compared}
-<table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>
-{section("Failures", report.failures, "fail")}
-{section("Warnings", report.warnings, "warn")}
-{f"<h2>Notes</h2><ul>{notes}</ul>" if notes else ""}
-<h2>Epsilon per round</h2>{figures}
-</body></html>
-"""
-
-
-def print_report(report: AuditReport, console: Any = None) -> None:
-    """The table and every failure (file:line, node, round) on the terminal."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    table = Table(title=f"privacy audit of {report.ledger}")
-    for i, c in enumerate(TABLE_COLUMNS):
-        table.add_column(c, justify="right" if 1 <= i <= 8 else "left")
-    for cells in table_rows(report):
-        style = "red" if cells[-1].startswith("FAIL") else "green"
-        table.add_row(*cells[:-1], f"[{style}]{cells[-1]}[/{style}]")
-    console.print(table)
-    for p in report.failures:
-        console.print(f"[red]FAIL[/red] {p}", markup=True, highlight=False, soft_wrap=True)
-    for p in report.warnings:
-        console.print(f"[yellow]warn[/yellow] {p}", markup=True, highlight=False, soft_wrap=True)
-    for note in report.notes:
-        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
-    verdict = "[green]PASS[/green]" if report.ok else f"[red]FAIL[/red] ({len(report.failures)})"
-    console.print(f"audit: {verdict}")
-
-
-# --- command line -------------------------------------------------------------------
-
-
-def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
-    """`fedpriv audit LEDGER --keys KEYS_DIR [--html F] [--json F] [--compare OTHER]`."""
-    parser.add_argument("ledger", metavar="LEDGER",
-                        help="a node's own ledger or the server's combined one (JSONL)")
-    parser.add_argument("--keys", required=True, metavar="KEYS_DIR",
-                        help="folder of trusted <node>.pub Ed25519 public keys (PEM)")
-    parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
-    parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
-    parser.add_argument("--compare", metavar="OTHER_LEDGER",
-                        help="another copy to check against (a node's own vs the server's)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help="relative amount a claimed epsilon may fall below the "
-                             f"recomputed one (default {DEFAULT_TOLERANCE})")
-
-
-def run_audit_command(args: argparse.Namespace) -> int:
-    """Run the audit; 0 when everything verifies, 1 on any failure, 2 on unusable input.
-
-    Under ``fedpriv audit`` unusable input raises FedPrivError, which the CLI prints as
-    its one ``fedpriv: error:`` line; called on its own, this prints ``error: ...``.
-    """
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:  # a pipe or file: do not squeeze the table into 80 columns
-        console = Console(width=max(console.width, 132))
-    try:
-        if not 0 <= args.tolerance < 1:
-            raise FedPrivError(f"invalid --tolerance {args.tolerance}: must be in [0, 1)")
-        outputs = _check_outputs(args)  # before the audit: a bad path costs nothing
-        report = audit(args.ledger, args.keys, compare=args.compare, tolerance=args.tolerance)
-        texts = [(path, render(report)) for path, render in outputs]
-        print_report(report, console)
-        for path, text in texts:
-            _write(path, text)
-            console.print(f"wrote {path}", highlight=False, soft_wrap=True)
-    except FedPrivError as exc:
-        if getattr(args, "handler", None) is run_audit_command:
-            raise  # `fedpriv audit`: the CLI prints it like every command's errors
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0 if report.ok else 1
-
-
-def _check_outputs(args: argparse.Namespace) -> list[tuple[Path, Any]]:
-    """The report files to write, each checked writable and none an input of the audit."""
-    inputs = [Path(p) for p in (args.ledger, args.compare) if p]
-    outputs: list[tuple[Path, Any]] = []
-    for flag, value, render in (("--html", args.html, AuditReport.to_html),
-                                ("--json", args.json, AuditReport.to_json)):
-        if not value:
-            continue
-        path = Path(value)
-        if path.is_dir():
-            raise FedPrivError(f"invalid {flag} {path}: is a folder; give a file name")
-        if (blocker := blocking_file(path.parent)) is not None:
-            raise FedPrivError(f"invalid {flag} {path}: {blocker} is a file, not a folder")
-        for other in inputs:
-            if _same_file(path, other):
-                raise FedPrivError(f"invalid {flag} {path}: that is a ledger being audited; "
-                                   "write the report to another file")
-        if any(_same_file(path, done) for done, _ in outputs):
-            raise FedPrivError(f"invalid {flag} {path}: --html and --json name the same file")
-        outputs.append((path, render))
-    return outputs
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    except OSError:
-        return False
-
-
-def _write(path: Path, text: str) -> None:
-    """Replace the report atomically: a failed write leaves an earlier report as it was."""
-    try:
-        write_atomic(path, text.encode("utf-8"))
-    except OSError as exc:
-        raise FedPrivError(f"cannot write report {path}: {exc.strerror or exc}") from None

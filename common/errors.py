@@ -15,3 +15,7 @@ class DataError(FedPrivError):
 
 class ModelError(FedPrivError):
     """A model cannot be loaded, or arrays do not fit it."""
+
+
+class LedgerError(FedPrivError):
+    """A key or ledger file cannot be used as it is; the message names the file."""

@@ -13,7 +13,9 @@ accountant (`prv` or `rdp`) fed the node's full history of (sigma, q, steps).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import torch
 from opacus import PrivacyEngine
@@ -26,7 +28,8 @@ from common.config import PrivacyConfig
 MECHANISM = "dp-sgd/poisson-subsampled-gaussian"
 
 # What an Opacus accountant keeps: (noise_multiplier, sample_rate, steps) per phase.
-History = list[tuple[float, float, int]]
+Phase = tuple[float, float, int]
+History = list[Phase]
 
 
 class BudgetExhausted(Exception):
@@ -66,21 +69,47 @@ def plan(cfg: PrivacyConfig, *, budget: float, delta: float, sample_rate: float,
                        accountant=cfg.accountant)
 
 
-def epsilon_spent(history: History, delta: float, accountant: str) -> float:
-    """Epsilon of everything in `history`, by a fresh Opacus accountant."""
+def opacus_history(phases: Sequence[Phase]) -> tuple[Phase, ...]:
+    """The history an Opacus accountant would hold after these phases.
+
+    Opacus's accountants merge consecutive steps with the same (sigma, q) into one
+    phase, so three rounds of 30 identical steps are one phase of 90 steps.
+    """
+    merged: list[Phase] = []
+    for sigma, q, steps in phases:
+        if steps <= 0:
+            continue
+        if merged and merged[-1][0] == sigma and merged[-1][1] == q:
+            merged[-1] = (sigma, q, merged[-1][2] + steps)
+        else:
+            merged.append((float(sigma), float(q), int(steps)))
+    return tuple(merged)
+
+
+def epsilon(phases: Sequence[Phase], delta: float, accountant: str) -> float:
+    """Epsilon of all `phases` at `delta`, by a fresh Opacus accountant ("prv" or "rdp").
+
+    The one epsilon function: nodes compute their claims and auditors recompute them
+    with it.
+    """
+    return _epsilon(opacus_history(phases), float(delta), accountant)
+
+
+@lru_cache(maxsize=4096)  # a pure function of its arguments; PRV is slow enough to memoise
+def _epsilon(history: tuple[Phase, ...], delta: float, accountant: str) -> float:
     if not history:
         return 0.0
     acc = create_accountant(mechanism=accountant)
-    acc.history = [tuple(phase) for phase in history]
+    acc.history = list(history)
     return float(acc.get_epsilon(delta=delta))
 
 
-def check_budget(history: History, p: PrivacyPlan) -> float:
+def next_round_epsilon(history: History, p: PrivacyPlan) -> float:
     """Epsilon after one more round of `p`; raise BudgetExhausted if that exceeds the budget."""
-    projected = epsilon_spent(
+    projected = epsilon(
         [*history, (p.noise_multiplier, p.sample_rate, p.steps_per_round)], p.delta, p.accountant)
     if projected > p.budget:
-        spent = epsilon_spent(history, p.delta, p.accountant)
+        spent = epsilon(history, p.delta, p.accountant)
         raise BudgetExhausted(f"budget exhausted: spent epsilon {spent:.3f} of {p.budget:g}; "
                               f"one more round would reach {projected:.3f} (delta {p.delta:g})")
     return projected

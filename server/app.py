@@ -32,7 +32,7 @@ from common.model import (
 )
 from common.partition import simulation_split
 from common.training import evaluate
-from common.weights import from_record, to_record
+from common.wire import from_record, to_record
 from server.checkpoint import latest_good_checkpoint
 from server.ledger import Ledger
 from server.report import RoundReporter

@@ -17,7 +17,7 @@ from safetensors.numpy import save
 
 from common.errors import FedPrivError
 from common.files import write_atomic
-from common.ledger import fingerprint_arrays
+from common.ledger.provenance import fingerprint_arrays
 
 log = logging.getLogger("fedpriv.server")
 CHECKSUM_KEY = "fedpriv-sha256"

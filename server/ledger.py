@@ -1,6 +1,6 @@
 """The server's combined privacy ledger: every signed entry received from a node.
 
-Entries are stored exactly as the nodes signed them (see common/ledger.py), plus the
+Entries are stored exactly as the nodes signed them (see common.ledger), plus the
 server's receipt (received_from, received_at) outside the signed part, so an auditor
 can verify them without trusting the server.
 
@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from common.files import write_atomic
-from common.ledger import append_received, entry_hash, read_ledger, record_of_entry
-from common.records import PrivacyRecord
+from common.ledger.entry import entry_hash, record_of_entry
+from common.ledger.record import PrivacyRecord
+from common.ledger.store import append_received, read_ledger
 
 log = logging.getLogger("fedpriv.server")
 

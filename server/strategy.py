@@ -17,10 +17,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg
 
-from common.ledger import LedgerError, entries_of_message, record_of_entry
-from common.records import LEDGER_HEAD_KEY, LEDGER_RUN_KEY, PrivacyRecord
+from common.errors import LedgerError
+from common.ledger.entry import record_of_entry
+from common.ledger.record import PrivacyRecord
 from common.training import max_update_norm
-from common.weights import from_record
+from common.wire import LEDGER_HEAD_KEY, LEDGER_RUN_KEY, entries_of_message, from_record
 from server.checkpoint import save_checkpoint
 from server.ledger import Ledger
 

@@ -6,7 +6,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from client.app import app as client_app
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.files import blocking_file
+from common.net import split_host_port, unreachable
 from server.app import app as server_app
 from server.rundir import check_run_dir
 
@@ -109,18 +109,15 @@ def check_ray_address(address: str, timeout: float = 5.0) -> None:
         except ConnectionError:
             raise ConfigError("invalid --ray-address 'auto': no running Ray cluster found "
                               "(start one with `ray start --head`, or give its address)") from None
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    host = host.strip("[]")
-    if not (sep and host and port.isdecimal() and 0 < int(port) < 65536):
+    parsed = split_host_port(address.removeprefix("ray://"))
+    if parsed is None:
         raise ConfigError(f"invalid --ray-address {given!r}: expected auto, HOST:PORT or "
                           "ray://HOST:PORT")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return
-    except OSError as err:
-        reason = "no answer" if isinstance(err, TimeoutError) else err.strerror or str(err)
-    raise ConfigError(f"invalid --ray-address {given!r}: cannot reach the Ray cluster at "
-                      f"{host}:{port} ({reason})")
+    host, port = parsed
+    reason = unreachable(host, port, timeout)
+    if reason is not None:
+        raise ConfigError(f"invalid --ray-address {given!r}: cannot reach the Ray cluster at "
+                          f"{host}:{port} ({reason})")
 
 
 def preflight(cfg: RunConfig, resources: SimulationResources) -> None:
@@ -182,7 +179,7 @@ def check_epsilon_reachable(cfg: RunConfig, partition_sizes: list[int]) -> None:
 
     from client.node import LOCAL_EVAL_FRACTION
     from common.data import LabelledTexts, split
-    from common.privacy import epsilon_spent
+    from common.privacy import epsilon
 
     sigma = 20.0
     while sigma <= MAX_SIGMA:
@@ -196,7 +193,7 @@ def check_epsilon_reachable(cfg: RunConfig, partition_sizes: list[int]) -> None:
         plans.add((1 / batches, steps * cfg.federation.num_rounds))
     with warnings.catch_warnings():  # PRV's numerics warn at such a sigma; the value holds
         warnings.simplefilter("ignore")
-        floor = max(epsilon_spent([(sigma, q, steps)], priv.delta, priv.accountant)
+        floor = max(epsilon([(sigma, q, steps)], priv.delta, priv.accountant)
                     for q, steps in plans)
     if floor > priv.epsilon:
         raise ConfigError(f"invalid --epsilon {priv.epsilon:g}: below what the {priv.accountant} "

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import csv
-import os
-import warnings
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-warnings.filterwarnings("ignore", category=UserWarning)
+from common.environment import offline_and_quiet
+
+offline_and_quiet()  # before the libraries below read their settings
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from common.config import RunConfig  # noqa: E402
 from common.data import EMBEDDED_LABELS, load_labelled_texts, subsample  # noqa: E402
-from common.ledger import entry_of_message, record_of_entry  # noqa: E402
+from common.ledger.entry import record_of_entry  # noqa: E402
+from common.ledger.record import PrivacyRecord  # noqa: E402
 from common.model import build_model, trainable_state  # noqa: E402
-from common.records import PrivacyRecord  # noqa: E402
-from common.weights import to_record  # noqa: E402
+from common.wire import entry_of_message, to_record  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -3,35 +3,26 @@ recomputed epsilon is Opacus's own."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 from opacus import PrivacyEngine
 
-from common.audit import (
-    add_audit_arguments,
-    audit,
-    compare_ledgers,
-    recompute_epsilon,
-    run_audit_command,
-)
-from common.ledger import (
-    GENESIS,
-    NodeLedger,
-    append_received,
-    create_node_key,
-    entry_hash,
+from cli.main import main
+from common import privacy
+from common.audit import audit, compare_ledgers
+from common.ledger.entry import GENESIS, entry_hash, make_entry
+from common.ledger.keys import (
+    create_signing_key,
     generate_signing_key,
     load_private_key,
     load_trusted_keys,
-    make_entry,
-    make_extra,
-    read_entries,
 )
+from common.ledger.provenance import make_extra
+from common.ledger.record import PrivacyRecord
+from common.ledger.store import NodeLedger, append_received, read_entries
 from common.privacy import MECHANISM
-from common.records import PrivacyRecord
 
 SIGMA, Q, STEPS, ROUNDS, DELTA = 0.8, 0.03, 30, 3, 1e-5
 NODES = ("alice", "bob", "carol")
@@ -70,7 +61,7 @@ def run_federation(tmp: Path, *, budget: float = 8.0, lie_at: tuple[str, int] | 
     server = tmp / "server.jsonl"
     ledgers = {}
     for name in NODES:
-        key = create_node_key(tmp / "private" / f"{name}.pem", tmp / "keys" / f"{name}.pub")
+        key = create_signing_key(tmp / "private" / f"{name}.pem", tmp / "keys" / f"{name}.pub")
         ledgers[name] = NodeLedger(tmp / f"{name}.jsonl", key)
     for r in range(1, ROUNDS + 1):
         claimed = opacus_epsilon([(SIGMA, Q, STEPS)] * r, DELTA, "prv")
@@ -88,9 +79,7 @@ def fed(tmp_path: Path):
 
 
 def cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="fedpriv audit")
-    add_audit_arguments(parser)
-    return run_audit_command(parser.parse_args(list(argv)))
+    return main(["audit", *argv])
 
 
 def rewrite(path: Path, edit) -> None:
@@ -152,7 +141,7 @@ def test_node_over_its_budget_fails(tmp_path: Path) -> None:
 
 
 def test_total_steps_inconsistent_with_train_records_fails(tmp_path: Path) -> None:
-    key = create_node_key(tmp_path / "a.pem", tmp_path / "keys" / "alice.pub")
+    key = create_signing_key(tmp_path / "a.pem", tmp_path / "keys" / "alice.pub")
     ledger = NodeLedger(tmp_path / "alice.jsonl", key)
     for r in (1, 2):
         eps = opacus_epsilon([(SIGMA, Q, STEPS)] * r, DELTA, "prv")
@@ -162,7 +151,7 @@ def test_total_steps_inconsistent_with_train_records_fails(tmp_path: Path) -> No
 
 
 def test_refused_round_is_accounted_without_steps(tmp_path: Path) -> None:
-    key = create_node_key(tmp_path / "a.pem", tmp_path / "keys" / "alice.pub")
+    key = create_signing_key(tmp_path / "a.pem", tmp_path / "keys" / "alice.pub")
     ledger = NodeLedger(tmp_path / "alice.jsonl", key)
     eps = opacus_epsilon([(SIGMA, Q, STEPS)], DELTA, "prv")
     ledger.append(train_record(1, 1, eps))
@@ -238,7 +227,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     (tmp_path / "keys").mkdir()
     assert cli(str(tmp_path / "none.jsonl"), "--keys", str(tmp_path / "keys")) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err
+    assert err.startswith("fedpriv: error: ") and "\n" not in err
 
 
 # --- the recomputed epsilon is Opacus's ------------------------------------------------------
@@ -257,7 +246,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
 ])
 def test_recomputed_epsilon_matches_opacus(sigma, q, steps, rounds, accountant) -> None:
     per_round = [(sigma, q, steps // rounds)] * rounds  # as the ledger holds them
-    ours = recompute_epsilon(per_round, 1e-5, accountant)
+    ours = privacy.epsilon(per_round, 1e-5, accountant)
     theirs = opacus_epsilon([(sigma, q, steps // rounds * rounds)], 1e-5, accountant)
     assert ours == pytest.approx(theirs, rel=0.01)
 
@@ -265,5 +254,5 @@ def test_recomputed_epsilon_matches_opacus(sigma, q, steps, rounds, accountant) 
 def test_changing_noise_between_rounds_matches_opacus() -> None:
     phases = [(1.0, 0.05, 40), (1.0, 0.05, 40), (0.7, 0.05, 40), (1.0, 0.05, 40)]
     for accountant in ("prv", "rdp"):
-        assert recompute_epsilon(phases, 1e-5, accountant) == pytest.approx(
+        assert privacy.epsilon(phases, 1e-5, accountant) == pytest.approx(
             opacus_epsilon(phases, 1e-5, accountant), rel=0.01)

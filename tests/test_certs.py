@@ -14,8 +14,10 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from certs import cli, tool
+from certs import tool
 from certs.tool import CertError
+from cli import certs as certs_cli
+from cli.main import main
 
 
 def _mode(path: Path) -> int:
@@ -55,11 +57,11 @@ def test_server_cert_is_signed_by_the_ca_and_names_the_hosts(coordinator: Path) 
 def test_loopback_names_are_added_unless_refused(tmp_path: Path) -> None:
     tool.create_ca(tmp_path)
     args = ["server", "--dir", str(tmp_path), "--dns", "coord.example.org", "--ip", "203.0.113.5"]
-    assert cli.main(args) == 0
+    assert main(["certs", *args]) == 0
     cert = tool.check_certificate(tmp_path / "server.pem", expect_host="coord.example.org")
     assert tool.certificate_names(cert) == ("coord.example.org", "localhost", "203.0.113.5",
                                             "127.0.0.1")
-    assert cli.main([*args, "--no-loopback", "--force"]) == 0
+    assert main(["certs", *args, "--no-loopback", "--force"]) == 0
     cert = tool.check_certificate(tmp_path / "server.pem")
     assert tool.certificate_names(cert) == ("coord.example.org", "203.0.113.5")
 
@@ -78,7 +80,7 @@ def test_private_keys_are_0600_even_with_an_open_umask(tmp_path: Path) -> None:
     try:
         tool.create_ca(tmp_path)
         tool.issue_server_cert(tmp_path)
-        tool.create_node_key(tmp_path, "alice")
+        tool.create_node_auth_key(tmp_path, "alice")
     finally:
         os.umask(old)
     for name in ("ca.key", "server.key", "node-alice.key"):
@@ -93,9 +95,9 @@ def test_private_keys_are_0600_even_with_an_open_umask(tmp_path: Path) -> None:
 def test_rerun_without_force_refuses_and_keeps_the_bytes(
     coordinator: Path, command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tool.create_node_key(coordinator, "alice")
+    tool.create_node_auth_key(coordinator, "alice")
     before = {p.name: p.read_bytes() for p in coordinator.iterdir()}
-    assert cli.main([*command, "--dir", str(coordinator)]) == 1
+    assert main(["certs", *command, "--dir", str(coordinator)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already exists" in err and "--force" in err
     assert str(coordinator) in err
@@ -112,7 +114,8 @@ def test_a_refusal_writes_nothing_at_all(coordinator: Path) -> None:
 def test_force_replaces(coordinator: Path) -> None:
     old_key = (coordinator / "server.key").read_bytes()
     old_cert = (coordinator / "server.pem").read_bytes()
-    assert cli.main(["server", "--dir", str(coordinator), "--dns", "other.example", "--force"]) == 0
+    assert main(["certs", "server", "--dir", str(coordinator), "--dns", "other.example",
+                 "--force"]) == 0
     assert (coordinator / "server.key").read_bytes() != old_key
     assert (coordinator / "server.pem").read_bytes() != old_cert
     assert _mode(coordinator / "server.key") == 0o600
@@ -224,7 +227,7 @@ def test_node_keys_load_with_flowers_own_loaders(tmp_path: Path) -> None:
     from flwr.supercore.primitives.asymmetric import public_key_to_bytes
     from flwr.supernode.cli.flower_supernode import _try_setup_client_authentication
 
-    issued = tool.create_node_key(tmp_path, "alice")
+    issued = tool.create_node_auth_key(tmp_path, "alice")
     key_path, pub_path = tmp_path / "node-alice.key", tmp_path / "node-alice.pub"
     assert issued.files == (key_path, pub_path)
     # What `flower-supernode --auth-supernode-private-key` runs.
@@ -240,7 +243,7 @@ def test_node_keys_load_with_flowers_own_loaders(tmp_path: Path) -> None:
 
 def test_admit_copies_a_valid_public_key_and_refuses_others(tmp_path: Path) -> None:
     partner, coordinator = tmp_path / "partner", tmp_path / "coordinator"
-    made = tool.create_node_key(partner, "alice")
+    made = tool.create_node_auth_key(partner, "alice")
     admitted = tool.admit_node_key(coordinator, "alice", partner / "node-alice.pub")
     assert admitted.fingerprint == made.fingerprint
     assert not (coordinator / "node-alice.key").exists()
@@ -255,8 +258,8 @@ def test_admit_copies_a_valid_public_key_and_refuses_others(tmp_path: Path) -> N
 def test_list_flags_expired_certificates(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                          ) -> None:
     tool.create_ca(tmp_path, not_before=datetime.now(UTC) - timedelta(days=30), days=10)
-    tool.create_node_key(tmp_path, "alice")
-    assert cli.main(["list", "--dir", str(tmp_path)]) == 0
+    tool.create_node_auth_key(tmp_path, "alice")
+    assert main(["certs", "list", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "ca.pem  [CA]  EXPIRED" in out and "days left" in out
     assert "node alice  [node-alice.key + node-alice.pub]  ok" in out
@@ -265,9 +268,9 @@ def test_list_flags_expired_certificates(tmp_path: Path, capsys: pytest.CaptureF
 
 def test_add_certs_arguments_on_a_subparsers_object(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser(prog="fedpriv")
-    cli.add_certs_arguments(parser.add_subparsers(dest="command"))
+    certs_cli.add_certs_arguments(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["certs", "ca", "--dir", str(tmp_path), "--days", "30"])
-    assert cli.run_certs_command(args) == 0
+    assert certs_cli.run_certs_command(args) == 0
     info = tool.list_certificates(tmp_path)[0]
     assert (info.not_after - info.not_before).days == 30
 

@@ -1,6 +1,6 @@
 """Bad input to any `fedpriv` command: one `fedpriv: error:` line, exit 2, nothing touched.
 
-Every case goes through `common.cli.main`, as a user's command line does. Nothing here
+Every case goes through `cli.main.main`, as a user's command line does. Nothing here
 trains: the simulation engine is replaced by a function that fails the test, so a check
 that regressed to "only inside the simulation" fails fast instead of starting Ray.
 """
@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from certs import tool
-from common.cli import main
-from common.ledger import NodeLedger, create_node_key
-from common.records import PrivacyRecord
+from cli.main import main
+from common.ledger.keys import create_signing_key
+from common.ledger.record import PrivacyRecord
+from common.ledger.store import NodeLedger
 
 LABELS = ("negative", "neutral", "positive")
 
@@ -94,7 +95,7 @@ def files(tmp_path_factory) -> Path:
     pki = d / "pki"
     tool.create_ca(pki)
     tool.issue_server_cert(pki)
-    tool.create_node_key(pki, "alice")
+    tool.create_node_auth_key(pki, "alice")
     return d
 
 
@@ -329,7 +330,7 @@ def test_certs_list_shows_a_corrupt_certificate(capsys, files, tmp_path):
 def ledger(tmp_path_factory) -> Path:
     """A node's real two-entry ledger, its trusted key, and an earlier report beside them."""
     d = tmp_path_factory.mktemp("audit")
-    key = create_node_key(d / "private" / "alice.pem", d / "keys" / "alice.pub")
+    key = create_signing_key(d / "private" / "alice.pem", d / "keys" / "alice.pub")
     node = NodeLedger(d / "ledger.jsonl", key)
     for r in (1, 2):
         node.append(PrivacyRecord(run_id=1, round=r, node_id=1, kind="refused",

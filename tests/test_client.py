@@ -7,15 +7,9 @@ from opacus.accountants import create_accountant
 from client.app import train
 from client.node import NodeFiles, PrivacyState
 from common.errors import ConfigError
-from common.ledger import (
-    NodeLedger,
-    entries_of_message,
-    entry_hash,
-    entry_of_message,
-    read_entries,
-    record_of_entry,
-)
-from common.records import LEDGER_HEAD_KEY, LEDGER_RUN_KEY
+from common.ledger.entry import entry_hash, record_of_entry
+from common.ledger.store import NodeLedger, read_entries
+from common.wire import LEDGER_HEAD_KEY, LEDGER_RUN_KEY, entries_of_message, entry_of_message
 from tests.conftest import node_context, record_of, train_message
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import main
+from cli.main import main
 from common.config import RunConfig
 from common.errors import ConfigError
 

@@ -33,14 +33,14 @@ import numpy as np
 import pytest
 
 from certs import tool
-from common.cli import main
+from cli.coordinator import Coordinator, TlsFiles, check_tls_files
+from cli.main import main
+from cli.processes import child_env, executable, key_values
 from common.config import RunConfig
 from common.data import EMBEDDED_LABELS, load_labelled_texts, subsample
-from common.launch import child_env, executable, key_values
-from common.records import PrivacyRecord
-from server.deploy import Coordinator, TlsFiles, check_tls_files
+from common.ledger.record import PrivacyRecord
 
-FEDPRIV = [sys.executable, "-m", "common.cli"]
+FEDPRIV = [sys.executable, "-m", "cli.main"]
 TINY_RUN = ["--model", "tiny", "--max-length", "32", "--batch-size", "16", "--local-steps", "2",
             "--max-examples", "400"]
 
@@ -163,7 +163,7 @@ def make_pki(folder: Path, nodes: list[str], ips: tuple[str, ...] = ("127.0.0.1"
     tool.create_ca(folder)
     tool.issue_server_cert(folder, ip_addresses=ips)
     for name in nodes:
-        tool.create_node_key(folder, name)
+        tool.create_node_auth_key(folder, name)
     return folder
 
 
@@ -338,7 +338,7 @@ def test_node_refuses_an_expired_server_certificate(tmp_path):
     pki = tmp_path / "certs"
     tool.create_ca(pki)
     tool.issue_server_cert(pki, not_before=datetime.now(UTC) - timedelta(days=30), days=2)
-    tool.create_node_key(pki, "alice")
+    tool.create_node_auth_key(pki, "alice")
     data = write_partner_csvs(tmp_path, ["alice"])["alice"]
     port = free_port()
     # `fedpriv server` itself refuses the expired certificate (see the unit test), so the
@@ -549,7 +549,7 @@ def test_client_refuses_a_certificate_for_another_host(capsys, partner_csv, tmp_
     tool.create_ca(tmp_path)
     tool.issue_server_cert(tmp_path, dns_names=["coord.example.org"], ip_addresses=[],
                            include_loopback=False)
-    tool.create_node_key(tmp_path, "alice")
+    tool.create_node_auth_key(tmp_path, "alice")
     with tls_listener(tmp_path) as port:
         line = one_line_error(capsys, client_argv(tmp_path, partner_csv, f"127.0.0.1:{port}"))
     assert "IP address mismatch" in line and "dial a name listed in the certificate" in line
@@ -609,7 +609,7 @@ def test_server_certificate_for_another_host(capsys, pki, tmp_path):
 def test_server_expired_certificate(capsys, tmp_path):
     tool.create_ca(tmp_path)
     tool.issue_server_cert(tmp_path, not_before=datetime.now(UTC) - timedelta(days=30), days=2)
-    tool.create_node_key(tmp_path, "alice")
+    tool.create_node_auth_key(tmp_path, "alice")
     assert "expired on" in one_line_error(capsys, server_argv(tmp_path, tmp_path))
 
 

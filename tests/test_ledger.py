@@ -9,36 +9,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.errors import FedPrivError
-from common.ledger import (
+from common.errors import FedPrivError, LedgerError
+from common.ledger.entry import (
     GENESIS,
-    LedgerError,
-    NodeLedger,
-    append_received,
-    create_node_key,
-    data_commitment,
     entry_from_json,
     entry_hash,
     entry_to_json,
-    fingerprint_arrays,
+    make_entry,
+    record_of_entry,
+    signature_ok,
+    with_receipt,
+)
+from common.ledger.keys import (
+    create_signing_key,
     generate_signing_key,
     load_private_key,
     load_public_key,
     load_trusted_keys,
-    make_entry,
-    make_extra,
     public_key_hex,
-    read_entries,
-    read_ledger,
-    record_of_entry,
     save_private_key,
     save_public_key,
-    signature_ok,
-    verify_entries,
-    with_receipt,
 )
+from common.ledger.provenance import data_commitment, fingerprint_arrays, make_extra
+from common.ledger.record import PrivacyRecord
+from common.ledger.store import NodeLedger, append_received, read_entries, read_ledger
+from common.ledger.verify import verify_entries
 from common.privacy import MECHANISM
-from common.records import PrivacyRecord
 
 NODES = ("alice", "bob")
 
@@ -55,7 +51,7 @@ def record(round_: int, node_id: int = 1, run_id: int = 7, **changes) -> Privacy
 @pytest.fixture
 def fed(tmp_path: Path):
     """Two nodes, three rounds: each node's own ledger and the server's combined one."""
-    keys = {n: create_node_key(tmp_path / "private" / f"{n}.pem", tmp_path / "keys" / f"{n}.pub")
+    keys = {n: create_signing_key(tmp_path / "private" / f"{n}.pem", tmp_path / "keys" / f"{n}.pub")
             for n in NODES}
     ledgers = {n: NodeLedger(tmp_path / f"{n}.jsonl", k) for n, k in keys.items()}
     server = tmp_path / "server.jsonl"

@@ -97,7 +97,7 @@ def test_epsilon_equals_opacus_accountant_for_the_same_mechanism(dataset, accoun
     reference = accountant_cls()
     for _ in range(3):
         reference.step(noise_multiplier=1.1, sample_rate=plan.sample_rate)
-    assert privacy.epsilon_spent(history, 1e-5, name) == pytest.approx(
+    assert privacy.epsilon(history, 1e-5, name) == pytest.approx(
         reference.get_epsilon(delta=1e-5), rel=1e-9)
 
 
@@ -108,13 +108,13 @@ def test_planned_rounds_fit_the_budget_and_one_more_is_refused(accountant):
                         planned_rounds=4)
     history: privacy.History = []
     for _ in range(4):
-        privacy.check_budget(history, plan)
+        privacy.next_round_epsilon(history, plan)
         history = [(plan.noise_multiplier, plan.sample_rate,
                     sum(n for *_, n in history) + plan.steps_per_round)]
-    spent = privacy.epsilon_spent(history, 1e-5, accountant)
+    spent = privacy.epsilon(history, 1e-5, accountant)
     assert 2.9 <= spent <= 3.0
     with pytest.raises(privacy.BudgetExhausted, match="budget exhausted"):
-        privacy.check_budget(history, plan)
+        privacy.next_round_epsilon(history, plan)
 
 
 def test_full_finetuning_trains_under_opacus_with_broadcast_embeddings_frozen(dataset):

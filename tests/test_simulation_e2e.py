@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from transformers import pipeline
 
-from common.cli import main
+from cli.main import main
 from common.model import build_model, trainable_state
 from server.checkpoint import checkpoint_path, load_checkpoint
 from server.ledger import Ledger

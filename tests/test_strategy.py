@@ -6,17 +6,10 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from common.ledger import (
-    GENESIS,
-    entry_hash,
-    entry_of_message,
-    entry_recorddict,
-    generate_signing_key,
-    make_entry,
-    record_of_entry,
-)
-from common.records import PrivacyRecord
-from common.weights import to_record
+from common.ledger.entry import GENESIS, entry_hash, make_entry, record_of_entry
+from common.ledger.keys import generate_signing_key
+from common.ledger.record import PrivacyRecord
+from common.wire import entry_of_message, entry_recorddict, to_record
 from server.checkpoint import checkpoint_path, load_checkpoint
 from server.ledger import Ledger
 from server.strategy import PrivacyRounds, make_strategy

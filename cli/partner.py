@@ -17,9 +17,7 @@ import sys
 from pathlib import Path
 
 from certs import tool
-from common.errors import ConfigError
-from common.files import blocking_file
-from common.launch import (
+from cli.processes import (
     LaunchError,
     Service,
     child_env,
@@ -30,6 +28,9 @@ from common.launch import (
     sigterm_as_interrupt,
     warn_insecure,
 )
+from common.errors import ConfigError
+from common.files import blocking_file
+from common.net import unreachable
 
 DEFAULT_STATE_DIR = Path("~/.fedpriv/node")
 DEFAULT_LOCAL_PORT = 9094
@@ -54,14 +55,9 @@ class CoordinatorError(ConfigError):
 
 def check_reachable(host: str, port: int, timeout: float = CONNECT_TIMEOUT) -> None:
     """A TCP connection to the coordinator succeeds, or a one-line error says why not."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return
-    except TimeoutError:
-        reason = f"no answer within {timeout:.0f} s (firewall?)"
-    except OSError as err:
-        reason = err.strerror or str(err)
-    raise CoordinatorError(f"cannot reach coordinator {host}:{port}: {reason}")
+    reason = unreachable(host, port, timeout)
+    if reason is not None:
+        raise CoordinatorError(f"cannot reach coordinator {host}:{port}: {reason}")
 
 
 def check_tls(host: str, port: int, root_cert: Path, timeout: float = CONNECT_TIMEOUT) -> None:
@@ -114,7 +110,7 @@ def check_local_port(port: int) -> None:
                               "another --port") from None
 
 
-def check_budget(max_epsilon: float, delta: float | None) -> None:
+def check_budget_flags(max_epsilon: float, delta: float | None) -> None:
     if not (math.isfinite(max_epsilon) and max_epsilon > 0):
         raise ConfigError(f"invalid --max-epsilon {max_epsilon}: must be a finite number > 0")
     if delta is not None and not 0 < delta < 1:
@@ -225,7 +221,7 @@ def run_client_command(args: argparse.Namespace) -> int:
     """``fedpriv client``: check everything, then run the SuperNode until it exits."""
     host, port = parse_address(args.coordinator, "--coordinator")
     _check_files(args)
-    check_budget(args.max_epsilon, args.delta)
+    check_budget_flags(args.max_epsilon, args.delta)
     check_max_wait_time(args.max_wait_time)
     state_dir = check_state_dir(args.state_dir)
     check_local_port(args.port)

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from common.errors import ConfigError, FedPrivError
+from common.net import split_host_port, unreachable
 
 INSECURE_BANNER = "!" * 78
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -69,12 +69,11 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def parse_address(text: str, flag: str) -> tuple[str, int]:
     """``HOST:PORT`` (or ``[IPv6]:PORT``) as a (host, port) pair, or a one-line error."""
-    host, sep, port_text = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    address = split_host_port(text)
+    if address is None:
         raise ConfigError(f"invalid {flag} {text!r}: expected HOST:PORT, e.g. "
                           "coord.example.org:9092")
-    return host, int(port_text)
+    return address
 
 
 def toml_value(value: bool | int | float | str, key: str) -> str:
@@ -113,7 +112,7 @@ def wait_for_port(host: str, port: int, deadline: float, process: Service) -> No
         if not process.alive():
             raise LaunchError(f"{process.name} exited with code {process.returncode} before "
                               f"it listened on {host}:{port}: {process.last_error()}")
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+        if unreachable(host, port, timeout=1) is None:
             return
         if time.monotonic() > deadline:
             raise LaunchError(f"{process.name} did not listen on {host}:{port} in time: "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -23,10 +22,8 @@ from typing import IO, Any
 
 import server as server_package
 from certs import tool
-from common.cli import add_resume_flag, add_run_config_flags, run_config_from
-from common.config import RunConfig
-from common.errors import ConfigError
-from common.launch import (
+from cli.flags import add_resume_flag, add_run_config_flags, run_config_from
+from cli.processes import (
     LaunchError,
     Service,
     child_env,
@@ -36,6 +33,9 @@ from common.launch import (
     wait_for_port,
     warn_insecure,
 )
+from common.config import RunConfig
+from common.errors import ConfigError
+from common.net import unreachable
 from server.rundir import check_run_dir
 
 CONNECTION = "fedpriv"
@@ -174,7 +174,7 @@ class Coordinator:
 
     def start(self) -> None:
         host = connect_host(self.host)
-        if _accepts_connections(host, self.port):
+        if unreachable(host, self.port, timeout=1) is None:
             raise LaunchError(f"port {self.port} on {host} is already in use (another "
                               "SuperLink?); stop it or choose another --port")
         self.database.parent.mkdir(parents=True, exist_ok=True)
@@ -258,14 +258,6 @@ class Coordinator:
         """Best effort: a SuperLink that is already shutting down cannot be asked."""
         with contextlib.suppress(LaunchError):
             self.flwr.call("stop", str(run_id), CONNECTION, timeout=30)
-
-
-def _accepts_connections(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 # --------------------------------------------------------------------------- command line

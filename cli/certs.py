@@ -1,18 +1,12 @@
-"""``fedpriv certs``: make and inspect the deployment's certificates and node keys.
-
-Wire it into another parser with :func:`add_certs_arguments` and dispatch with
-:func:`run_certs_command`, or run it alone: ``python -m certs.cli ca``.
-"""
+"""``fedpriv certs``: make and inspect the deployment's certificates and node keys."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from certs import tool
-from common.errors import FedPrivError
 
 _SUBCOMMANDS = ("ca", "server", "node", "admit", "list")
 _DESCRIPTION = "Make and inspect the TLS certificates and SuperNode keys of a deployment."
@@ -118,7 +112,7 @@ def _run_server(args: argparse.Namespace) -> None:
 
 
 def _run_node(args: argparse.Namespace) -> None:
-    issued = tool.create_node_key(args.dir, args.name, force=args.force)
+    issued = tool.create_node_auth_key(args.dir, args.name, force=args.force)
     _print_files(issued)
     key_path, pub_path = issued.files
     print(f"send {pub_path} to the coordinator and read them the fingerprint; "
@@ -172,18 +166,3 @@ def run_certs_command(args: argparse.Namespace) -> int:
     """Run the parsed ``certs`` subcommand; user mistakes raise ``FedPrivError``."""
     _RUNNERS[args.certs_command](args)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m certs.cli", description=_DESCRIPTION)
-    add_certs_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_certs_command(args)
-    except FedPrivError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

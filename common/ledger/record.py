@@ -1,8 +1,8 @@
 """The privacy record: what a node spent in one round, and everything else it disclosed.
 
 A node attaches one record to every reply, signed and chained into a ledger entry
-(common/ledger.py). The entry travels in the reply's ConfigRecord under RECORD_KEY as
-canonical JSON, so the bytes an auditor reads in the ledger are the bytes the node signed.
+(`common.ledger.entry`). The entry travels in the reply as canonical JSON
+(`common.wire`), so the bytes an auditor reads in the ledger are the bytes the node signed.
 """
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-RECORD_KEY = "privacy"
-# Config keys the server adds to each request: the run a node's records belong to (for a
-# resumed federation, its first Flower run) and the newest entry the server holds from it.
-LEDGER_RUN_KEY, LEDGER_HEAD_KEY = "ledger-run", "ledger-head"
 KINDS = ("train", "refused", "evaluate")
 
 
@@ -41,5 +37,5 @@ class PrivacyRecord:
     created_at: float = field(default_factory=time.time)
     # Provenance for auditors, signed with the record in the node's ledger: fingerprints
     # of the models and a commitment to the data, accountant settings, round times
-    # (see common.ledger.make_extra). Hashes and settings only, never data.
+    # (see common.ledger.provenance.make_extra). Hashes and settings only, never data.
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,149 @@
+"""Ledger files: read a JSONL ledger, append durably, and a node's own signed ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from common.errors import LedgerError
+from common.ledger.entry import (
+    GENESIS,
+    LedgerLine,
+    entry_hash,
+    make_entry,
+    shape_problem,
+    with_receipt,
+)
+from common.ledger.keys import public_key_hex
+from common.ledger.record import PrivacyRecord
+from common.ledger.verify import verify_entries
+
+
+def read_ledger(path: str | Path) -> list[LedgerLine]:
+    """Every entry of a JSONL ledger (a node's copy or the server's combined one).
+
+    Blank lines are skipped; anything else that is not an entry raises LedgerError
+    naming the file and line, since an auditor cannot reason about a line that
+    does not parse.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LedgerError(f"ledger {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LedgerError(f"ledger {path} cannot be read: {exc}") from None
+    lines = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise LedgerError(f"{path}:{number}: not a JSON ledger entry ({exc.msg}, column "
+                              f"{exc.colno}); a cut-off last line means a write was "
+                              "interrupted") from None
+        problem = shape_problem(entry)
+        if problem:
+            raise LedgerError(f"{path}:{number}: ledger entry {problem}")
+        lines.append(LedgerLine(str(path), number, entry))
+    return lines
+
+
+def read_entries(path: str | Path) -> list[dict[str, Any]]:
+    return [line.entry for line in read_ledger(path)]
+
+
+def append_line(path: str | Path, obj: Mapping[str, Any]) -> None:
+    """Append one JSON line and make it durable (flush + fsync) before returning."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(obj, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        # One write() of one line under O_APPEND: concurrent appenders do not interleave
+        # within a line on local filesystems.
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def append_received(path: str | Path, entry: Mapping[str, Any], *, received_from: Any,
+                    received_at: float | None = None) -> None:
+    """The server's writer: append a node's entry to the combined ledger with a receipt."""
+    append_line(path, with_receipt(entry, received_from=received_from,
+                                   received_at=time.time() if received_at is None
+                                   else received_at))
+
+
+class NodeLedger:
+    """A node's own append-only ledger file, signed with the node's key.
+
+    Opening an existing file verifies this key's chain in it and continues from its
+    last entry; a broken local chain is refused rather than extended.
+    """
+
+    def __init__(self, path: str | Path, private_key: Ed25519PrivateKey) -> None:
+        self.path = Path(path)
+        self._key = private_key
+        self.node_key = public_key_hex(private_key)
+        self.last_hash = GENESIS
+        if self.path.exists():
+            self._resume()
+
+    def _resume(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            raise LedgerError(f"ledger {self.path} ends in a cut-off line (an interrupted "
+                              "write): move the file aside and check it with `fedpriv audit`")
+        own = [line for line in read_ledger(self.path) if line.entry["node_key"] == self.node_key]
+        problems = verify_entries(own)
+        if problems:
+            raise LedgerError(f"ledger {self.path} does not verify ({problems[0]}): refusing "
+                              "to extend it")
+        if own:
+            self.last_hash = entry_hash(own[-1].entry)
+
+    def sign(self, record: PrivacyRecord, extra: Mapping[str, Any] | None = None) -> dict:
+        """The entry for `record` (+ `extra`) chained after the last one; not yet written."""
+        return make_entry(record, extra, self.last_hash, self._key)
+
+    def commit(self, entry: Mapping[str, Any]) -> None:
+        """Write a signed entry durably, unless the ledger holds it already."""
+        h = entry_hash(entry)
+        if h == self.last_hash or h in {entry_hash(e) for e in self.entries()}:
+            return
+        if entry["prev_hash"] != self.last_hash:
+            raise LedgerError(f"ledger {self.path}: the entry does not follow the last one "
+                              "(signed before a later entry was written)")
+        append_line(self.path, entry)
+        self.last_hash = h
+
+    def append(self, record: PrivacyRecord, extra: Mapping[str, Any] | None = None) -> dict:
+        """Sign `record` (+ `extra`) onto the chain, write it durably, return the entry."""
+        entry = self.sign(record, extra)
+        self.commit(entry)
+        return entry
+
+    def entries(self) -> list[dict[str, Any]]:
+        return read_entries(self.path) if self.path.exists() else []
+
+    def after(self, head: str, run_id: int) -> list[dict[str, Any]]:
+        """This key's entries of run `run_id` written after the entry hashed `head`.
+
+        With no head (the server holds nothing from this node yet), all of the run's.
+        A head not in this ledger names no entry of ours: nothing is sent.
+        """
+        own = [e for e in self.entries() if e["node_key"] == self.node_key]
+        hashes = [entry_hash(e) for e in own]
+        if head and head not in hashes:
+            return []
+        start = hashes.index(head) + 1 if head else 0
+        return [e for e in own[start:] if e["record"]["run_id"] == run_id]
