@@ -22,7 +22,7 @@ from common.data import LabelledTexts, load_labelled_texts, split
 from common.errors import ConfigError
 from common.files import write_atomic
 from common.ledger.keys import create_signing_key, load_private_key
-from common.partition import client_partition, simulation_split
+from common.partition import client_partition, pool_and_held_out
 from common.privacy import History, PrivacyPlan
 
 # Node-config keys a partner sets when starting its SuperNode.
@@ -82,7 +82,7 @@ def local_data(cfg: RunConfig, node_config: dict) -> tuple[LabelledTexts, Labell
         overrides = {k: node_config[k] for k in DATA_KEYS if k in node_config}
         data = load_labelled_texts(cfg.replace(**overrides).data)
     elif "partition-id" in node_config:
-        pool, _ = simulation_split(cfg.data, cfg.train.seed)
+        pool, _ = pool_and_held_out(cfg.data, cfg.train.seed)
         data = client_partition(pool, cfg.data, int(node_config["partition-id"]),
                                 int(node_config["num-partitions"]), cfg.train.seed)
     else:

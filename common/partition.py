@@ -28,8 +28,12 @@ def make_partitioner(cfg: DataConfig, num_partitions: int, seed: int) -> Partiti
                                    class_assignment_mode="deterministic", seed=seed)
 
 
-def simulation_split(cfg: DataConfig, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
-    """(pool to partition among clients, held-out test set for central evaluation)."""
+def pool_and_held_out(cfg: DataConfig, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
+    """(pool the simulated clients share, held-out set the server evaluates on).
+
+    The deployed server uses the held-out half too, for its central evaluation on data
+    of its own (the embedded set by default), never a partner's.
+    """
     data = subsample(load_labelled_texts(cfg), cfg.max_examples, seed)
     return split(data, cfg.test_fraction, seed)
 

@@ -30,7 +30,7 @@ from common.model import (
     pick_device,
     trainable_state,
 )
-from common.partition import simulation_split
+from common.partition import pool_and_held_out
 from common.training import evaluate
 from common.wire import from_record, to_record
 from server.checkpoint import latest_good_checkpoint
@@ -130,7 +130,7 @@ def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None,
 
     test_set = None
     if fed.central_eval:
-        _, held_out = simulation_split(cfg.data, cfg.train.seed)
+        _, held_out = pool_and_held_out(cfg.data, cfg.train.seed)
         test_set = encode(held_out, tokenizer, cfg.model.max_length)
 
     def evaluate_fn(count: int, arrays: ArrayRecord) -> MetricRecord | None:

@@ -130,7 +130,7 @@ def preflight(cfg: RunConfig, resources: SimulationResources) -> None:
     from datasets import Dataset
 
     from common.model import load_tokenizer, pick_device
-    from common.partition import make_partitioner, simulation_split
+    from common.partition import make_partitioner, pool_and_held_out
 
     check_ray_address(resources.ray_address)
     run_dir = Path(cfg.federation.run_dir)
@@ -138,7 +138,7 @@ def preflight(cfg: RunConfig, resources: SimulationResources) -> None:
         raise ConfigError(f"invalid --run-dir {run_dir}: {blocker} is a file, not a folder")
     pick_device(cfg.train.device)
     load_tokenizer(cfg.model)
-    pool, _ = simulation_split(cfg.data, cfg.train.seed)  # reads and checks the data file
+    pool, _ = pool_and_held_out(cfg.data, cfg.train.seed)  # reads and checks the data file
     labels = cfg.data.label_names or pool.label_names
     if cfg.data.partitioner == "label" and cfg.data.classes_per_client > len(labels):
         raise ConfigError(f"invalid --classes-per-client {cfg.data.classes_per_client}: "

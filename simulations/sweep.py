@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.errors import ConfigError  # noqa: E402
 from common.files import blocking_file  # noqa: E402
-from common.partition import simulation_split  # noqa: E402
+from common.partition import pool_and_held_out  # noqa: E402
 from simulations.plots import read_rounds  # noqa: E402
 from simulations.run import SimulationResources, preflight, simulate  # noqa: E402
 
@@ -57,7 +57,7 @@ def check_out_dir(out_dir: Path) -> None:
 
 def majority_baseline(cfg: RunConfig) -> tuple[str, float]:
     """Accuracy on the held-out set of always predicting the pool's most common label."""
-    pool, test = simulation_split(cfg.data, cfg.train.seed)
+    pool, test = pool_and_held_out(cfg.data, cfg.train.seed)
     label = Counter(pool.labels).most_common(1)[0][0]
     return pool.label_names[label], sum(y == label for y in test.labels) / len(test)
 

@@ -6,7 +6,7 @@ import pytest
 from common.config import DataConfig, RunConfig
 from common.data import EMBEDDED_LABELS, MIN_ROWS, LabelledTexts, load_labelled_texts, split
 from common.errors import DataError
-from common.partition import client_partition, simulation_split
+from common.partition import client_partition, pool_and_held_out
 from tests.conftest import write_csv
 
 ROWS = [(f"text number {i}", ["negative", "neutral", "positive"][i % 3]) for i in range(30)]
@@ -89,7 +89,7 @@ def test_split_is_seeded_and_disjoint():
 def test_partitions_are_disjoint_cover_the_pool_and_reproduce(partitioner):
     cfg = RunConfig().replace(**{"max-examples": 1200, "partitioner": partitioner,
                                  "dirichlet-alpha": 0.3, "classes-per-client": 2}).data
-    pool, _ = simulation_split(cfg, seed=5)
+    pool, _ = pool_and_held_out(cfg, seed=5)
     parts = [client_partition(pool, cfg, i, 4, seed=5) for i in range(4)]
     again = client_partition(pool, cfg, 2, 4, seed=5)
     assert again.texts == parts[2].texts

@@ -19,7 +19,7 @@ import pytest
 
 from common.audit import audit
 from server.checkpoint import checkpoint_path, saved_rounds
-from tests.test_deploy_e2e import (
+from tests.e2e.test_deploy_e2e import (
     FEDPRIV,
     TINY_RUN,
     Proc,
