@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
-from certs import tool
+from certs import files, issue, listing, node_keys, verify
 
 _SUBCOMMANDS = ("ca", "server", "node", "admit", "list")
 _DESCRIPTION = "Make and inspect the TLS certificates and SuperNode keys of a deployment."
@@ -14,8 +14,8 @@ _DESCRIPTION = "Make and inspect the TLS certificates and SuperNode keys of a de
 
 def _common(days_default: int | None) -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--dir", type=Path, default=tool.DEFAULT_DIR,
-                        help=f"folder of the certificates and keys (default {tool.DEFAULT_DIR})")
+    parent.add_argument("--dir", type=Path, default=files.DEFAULT_DIR,
+                        help=f"folder of the certificates and keys (default {files.DEFAULT_DIR})")
     if days_default is not None:
         parent.add_argument("--days", type=int, default=days_default,
                             help=f"validity in days (default {days_default})")
@@ -28,7 +28,7 @@ def _force(parser: argparse.ArgumentParser) -> None:
 
 
 def _key_type(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--key-type", choices=tool.KEY_TYPES, default="ec",
+    parser.add_argument("--key-type", choices=issue.KEY_TYPES, default="ec",
                         help="ec = ECDSA P-256 (default), rsa = RSA 3072")
 
 
@@ -48,14 +48,14 @@ def add_certs_arguments(
     sub = parser.add_subparsers(dest="certs_command", metavar="{" + ",".join(_SUBCOMMANDS) + "}",
                                 required=True)
 
-    ca = sub.add_parser("ca", parents=[_common(tool.CA_DAYS)],
+    ca = sub.add_parser("ca", parents=[_common(issue.CA_DAYS)],
                         help="create the certificate authority (coordinator)")
     ca.add_argument("--common-name", default="fedpriv federation CA",
                     help="the CA's subject common name")
     _key_type(ca)
     _force(ca)
 
-    server = sub.add_parser("server", parents=[_common(tool.SERVER_DAYS)],
+    server = sub.add_parser("server", parents=[_common(issue.SERVER_DAYS)],
                             help="issue the SuperLink's TLS certificate from the CA (coordinator)")
     server.add_argument("--dns", action="append", default=[], metavar="NAME",
                         help="host name partners dial (repeatable)")
@@ -85,7 +85,7 @@ def add_certs_arguments(
     return parser
 
 
-def _print_files(issued: tool.Issued) -> None:
+def _print_files(issued: files.Issued) -> None:
     for path in issued.files:
         print(f"wrote {path}")
     if issued.not_after is not None:
@@ -95,24 +95,24 @@ def _print_files(issued: tool.Issued) -> None:
 
 
 def _run_ca(args: argparse.Namespace) -> None:
-    issued = tool.create_ca(args.dir, days=args.days, key_type=args.key_type,
-                            common_name=args.common_name, force=args.force)
+    issued = issue.create_ca(args.dir, days=args.days, key_type=args.key_type,
+                             common_name=args.common_name, force=args.force)
     _print_files(issued)
-    print(f"send {args.dir / tool.CA_CERT} to every partner; keep "
-          f"{args.dir / tool.CA_KEY} private (offline if you can)")
+    print(f"send {args.dir / files.CA_CERT} to every partner; keep "
+          f"{args.dir / files.CA_KEY} private (offline if you can)")
 
 
 def _run_server(args: argparse.Namespace) -> None:
-    issued = tool.issue_server_cert(args.dir, dns_names=args.dns, ip_addresses=args.ip,
-                                    days=args.days, key_type=args.key_type,
-                                    include_loopback=args.loopback, force=args.force)
+    issued = issue.issue_server_cert(args.dir, dns_names=args.dns, ip_addresses=args.ip,
+                                     days=args.days, key_type=args.key_type,
+                                     include_loopback=args.loopback, force=args.force)
     _print_files(issued)
-    cert = tool.check_certificate(issued.files[0])
-    print("names: " + ", ".join(tool.certificate_names(cert)))
+    cert = verify.check_certificate(issued.files[0])
+    print("names: " + ", ".join(verify.certificate_names(cert)))
 
 
 def _run_node(args: argparse.Namespace) -> None:
-    issued = tool.create_node_auth_key(args.dir, args.name, force=args.force)
+    issued = node_keys.create_node_auth_key(args.dir, args.name, force=args.force)
     _print_files(issued)
     key_path, pub_path = issued.files
     print(f"send {pub_path} to the coordinator and read them the fingerprint; "
@@ -121,7 +121,7 @@ def _run_node(args: argparse.Namespace) -> None:
 
 
 def _run_admit(args: argparse.Namespace) -> None:
-    issued = tool.admit_node_key(args.dir, args.name, args.public_key, force=args.force)
+    issued = node_keys.admit_node_key(args.dir, args.name, args.public_key, force=args.force)
     _print_files(issued)
     print("confirm the fingerprint with the partner, then register the node with the "
           f"running SuperLink: flwr supernode register {issued.files[0]} <connection>")
@@ -130,11 +130,11 @@ def _run_admit(args: argparse.Namespace) -> None:
 def _run_list(args: argparse.Namespace) -> None:
     if not args.dir.is_dir():
         what = "is not a folder" if args.dir.exists() else "does not exist"
-        raise tool.CertError(f"invalid --dir {args.dir}: {what}; make certificates there with "
-                             f"`fedpriv certs ca --dir {args.dir}`")
+        raise files.CertError(f"invalid --dir {args.dir}: {what}; make certificates there with "
+                              f"`fedpriv certs ca --dir {args.dir}`")
     now = datetime.now(UTC)
-    certs = tool.list_certificates(args.dir)
-    nodes = tool.list_node_keys(args.dir)
+    certs = listing.list_certificates(args.dir)
+    nodes = listing.list_node_keys(args.dir)
     listed = {info.path for info in certs}
     unreadable = [p for p in sorted(args.dir.glob("*.pem")) if p not in listed]
     if not certs and not nodes and not unreadable:

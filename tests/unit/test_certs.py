@@ -14,8 +14,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from certs import tool
-from certs.tool import CertError
+from certs import issue, listing, node_keys, verify
+from certs.files import CertError
 from cli import certs as certs_cli
 from cli.main import main
 
@@ -28,9 +28,9 @@ def _mode(path: Path) -> int:
 def coordinator(tmp_path: Path) -> Path:
     """A folder with a CA and a server certificate for two names and two addresses."""
     directory = tmp_path / "coordinator"
-    tool.create_ca(directory)
-    tool.issue_server_cert(directory, dns_names=["localhost", "coord.example.org"],
-                           ip_addresses=["127.0.0.1", "::1"])
+    issue.create_ca(directory)
+    issue.issue_server_cert(directory, dns_names=["localhost", "coord.example.org"],
+                            ip_addresses=["127.0.0.1", "::1"])
     return directory
 
 
@@ -45,8 +45,8 @@ def test_server_cert_is_signed_by_the_ca_and_names_the_hosts(coordinator: Path) 
     assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert ca.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
-    tool.check_chain(coordinator / "server.pem", coordinator / "ca.pem")
-    tool.check_key_pair(coordinator / "server.pem", coordinator / "server.key")
+    verify.check_chain(coordinator / "server.pem", coordinator / "ca.pem")
+    verify.check_key_pair(coordinator / "server.pem", coordinator / "server.key")
     # Independent check: RFC 5280 / web PKI path validation by cryptography's verifier.
     for name in (x509.DNSName("coord.example.org"), x509.IPAddress(ipaddress.ip_address("::1"))):
         verifier = PolicyBuilder().store(Store([ca])).build_server_verifier(name)
@@ -55,22 +55,22 @@ def test_server_cert_is_signed_by_the_ca_and_names_the_hosts(coordinator: Path) 
 
 
 def test_loopback_names_are_added_unless_refused(tmp_path: Path) -> None:
-    tool.create_ca(tmp_path)
+    issue.create_ca(tmp_path)
     args = ["server", "--dir", str(tmp_path), "--dns", "coord.example.org", "--ip", "203.0.113.5"]
     assert main(["certs", *args]) == 0
-    cert = tool.check_certificate(tmp_path / "server.pem", expect_host="coord.example.org")
-    assert tool.certificate_names(cert) == ("coord.example.org", "localhost", "203.0.113.5",
-                                            "127.0.0.1")
+    cert = verify.check_certificate(tmp_path / "server.pem", expect_host="coord.example.org")
+    assert verify.certificate_names(cert) == ("coord.example.org", "localhost", "203.0.113.5",
+                                              "127.0.0.1")
     assert main(["certs", *args, "--no-loopback", "--force"]) == 0
-    cert = tool.check_certificate(tmp_path / "server.pem")
-    assert tool.certificate_names(cert) == ("coord.example.org", "203.0.113.5")
+    cert = verify.check_certificate(tmp_path / "server.pem")
+    assert verify.certificate_names(cert) == ("coord.example.org", "203.0.113.5")
 
 
 def test_rsa_server_cert_also_verifies(tmp_path: Path) -> None:
-    tool.create_ca(tmp_path, key_type="rsa")
-    tool.issue_server_cert(tmp_path, key_type="rsa")
-    tool.check_chain(tmp_path / "server.pem", tmp_path / "ca.pem")
-    tool.check_key_pair(tmp_path / "server.pem", tmp_path / "server.key")
+    issue.create_ca(tmp_path, key_type="rsa")
+    issue.issue_server_cert(tmp_path, key_type="rsa")
+    verify.check_chain(tmp_path / "server.pem", tmp_path / "ca.pem")
+    verify.check_key_pair(tmp_path / "server.pem", tmp_path / "server.key")
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
     assert ca.public_key().key_size == 3072
 
@@ -78,9 +78,9 @@ def test_rsa_server_cert_also_verifies(tmp_path: Path) -> None:
 def test_private_keys_are_0600_even_with_an_open_umask(tmp_path: Path) -> None:
     old = os.umask(0)
     try:
-        tool.create_ca(tmp_path)
-        tool.issue_server_cert(tmp_path)
-        tool.create_node_auth_key(tmp_path, "alice")
+        issue.create_ca(tmp_path)
+        issue.issue_server_cert(tmp_path)
+        node_keys.create_node_auth_key(tmp_path, "alice")
     finally:
         os.umask(old)
     for name in ("ca.key", "server.key", "node-alice.key"):
@@ -95,7 +95,7 @@ def test_private_keys_are_0600_even_with_an_open_umask(tmp_path: Path) -> None:
 def test_rerun_without_force_refuses_and_keeps_the_bytes(
     coordinator: Path, command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    tool.create_node_auth_key(coordinator, "alice")
+    node_keys.create_node_auth_key(coordinator, "alice")
     before = {p.name: p.read_bytes() for p in coordinator.iterdir()}
     assert main(["certs", *command, "--dir", str(coordinator)]) == 2
     err = capsys.readouterr().err
@@ -107,7 +107,7 @@ def test_rerun_without_force_refuses_and_keeps_the_bytes(
 def test_a_refusal_writes_nothing_at_all(coordinator: Path) -> None:
     (coordinator / "server.key").unlink()  # the certificate is still there
     with pytest.raises(CertError, match="server.pem already exists"):
-        tool.issue_server_cert(coordinator)
+        issue.issue_server_cert(coordinator)
     assert not (coordinator / "server.key").exists()
 
 
@@ -119,8 +119,8 @@ def test_force_replaces(coordinator: Path) -> None:
     assert (coordinator / "server.key").read_bytes() != old_key
     assert (coordinator / "server.pem").read_bytes() != old_cert
     assert _mode(coordinator / "server.key") == 0o600
-    tool.check_certificate(coordinator / "server.pem", expect_host="other.example")
-    tool.check_key_pair(coordinator / "server.pem", coordinator / "server.key")
+    verify.check_certificate(coordinator / "server.pem", expect_host="other.example")
+    verify.check_key_pair(coordinator / "server.pem", coordinator / "server.key")
 
 
 def test_a_crash_mid_write_leaves_no_partial_file(tmp_path: Path,
@@ -128,97 +128,97 @@ def test_a_crash_mid_write_leaves_no_partial_file(tmp_path: Path,
     def crash(fd: int) -> None:
         raise OSError(5, "simulated crash")
 
-    monkeypatch.setattr(tool.os, "fsync", crash)
+    monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(OSError):
-        tool.create_ca(tmp_path)
+        issue.create_ca(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_check_certificate_rejects_an_expired_cert(tmp_path: Path) -> None:
-    tool.create_ca(tmp_path, not_before=datetime.now(UTC) - timedelta(days=30), days=1)
+    issue.create_ca(tmp_path, not_before=datetime.now(UTC) - timedelta(days=30), days=1)
     with pytest.raises(CertError, match="expired") as caught:
-        tool.check_certificate(tmp_path / "ca.pem")
+        verify.check_certificate(tmp_path / "ca.pem")
     assert str(tmp_path / "ca.pem") in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 def test_check_certificate_rejects_a_cert_not_yet_valid(tmp_path: Path) -> None:
-    tool.create_ca(tmp_path, not_before=datetime.now(UTC) + timedelta(days=2), days=10)
+    issue.create_ca(tmp_path, not_before=datetime.now(UTC) + timedelta(days=2), days=10)
     with pytest.raises(CertError, match="not valid before"):
-        tool.check_certificate(tmp_path / "ca.pem")
+        verify.check_certificate(tmp_path / "ca.pem")
 
 
 def test_check_certificate_host(coordinator: Path) -> None:
     server = coordinator / "server.pem"
     for host in ("localhost", "COORD.example.org", "127.0.0.1", "::1", "[::1]"):
-        tool.check_certificate(server, expect_host=host)
+        verify.check_certificate(server, expect_host=host)
     for host in ("evil.example.org", "example.org", "127.0.0.2", "10.0.0.1"):
         with pytest.raises(CertError, match="not valid for host") as caught:
-            tool.check_certificate(server, expect_host=host)
+            verify.check_certificate(server, expect_host=host)
         assert str(server) in str(caught.value)
 
 
 def test_wildcard_names_cover_one_label(tmp_path: Path) -> None:
-    tool.create_ca(tmp_path)
-    tool.issue_server_cert(tmp_path, dns_names=["*.fed.example"], ip_addresses=[])
-    tool.check_certificate(tmp_path / "server.pem", expect_host="link.fed.example")
+    issue.create_ca(tmp_path)
+    issue.issue_server_cert(tmp_path, dns_names=["*.fed.example"], ip_addresses=[])
+    verify.check_certificate(tmp_path / "server.pem", expect_host="link.fed.example")
     for host in ("fed.example", "a.b.fed.example"):
         with pytest.raises(CertError, match="not valid for host"):
-            tool.check_certificate(tmp_path / "server.pem", expect_host=host)
+            verify.check_certificate(tmp_path / "server.pem", expect_host=host)
 
 
 def test_check_certificate_rejects_garbage_and_missing_files(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pem"
     garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
     with pytest.raises(CertError, match="is not a PEM certificate") as caught:
-        tool.check_certificate(garbage)
+        verify.check_certificate(garbage)
     assert str(garbage) in str(caught.value)
     missing = tmp_path / "missing.pem"
     with pytest.raises(CertError, match="does not exist") as caught:
-        tool.check_certificate(missing)
+        verify.check_certificate(missing)
     assert str(missing) in str(caught.value)
     with pytest.raises(CertError, match="is not a regular file"):
-        tool.check_certificate(tmp_path)
+        verify.check_certificate(tmp_path)
 
 
 def test_check_chain_rejects_a_cert_from_another_ca_with_the_same_name(
     coordinator: Path, tmp_path: Path
 ) -> None:
     other = tmp_path / "other"
-    tool.create_ca(other)  # same subject name as the coordinator's CA, another key
-    tool.issue_server_cert(other)
+    issue.create_ca(other)  # same subject name as the coordinator's CA, another key
+    issue.issue_server_cert(other)
     with pytest.raises(CertError, match="not signed by the CA") as caught:
-        tool.check_chain(other / "server.pem", coordinator / "ca.pem")
+        verify.check_chain(other / "server.pem", coordinator / "ca.pem")
     assert str(other / "server.pem") in str(caught.value)
     with pytest.raises(CertError, match="not a CA certificate"):
-        tool.check_chain(coordinator / "server.pem", coordinator / "server.pem")
+        verify.check_chain(coordinator / "server.pem", coordinator / "server.pem")
 
 
 def test_check_private_key(coordinator: Path, tmp_path: Path) -> None:
     key = coordinator / "server.key"
-    tool.check_private_key(key)
+    verify.check_private_key(key)
     os.chmod(key, 0o644)
     with pytest.raises(CertError, match="chmod 600"):
-        tool.check_private_key(key)
-    tool.check_private_key(key, require_private_mode=False)
+        verify.check_private_key(key)
+    verify.check_private_key(key, require_private_mode=False)
     with pytest.raises(CertError, match="is not a PEM private key"):
-        tool.check_private_key(coordinator / "ca.pem", require_private_mode=False)
+        verify.check_private_key(coordinator / "ca.pem", require_private_mode=False)
     with pytest.raises(CertError, match="does not exist"):
-        tool.check_private_key(tmp_path / "nope.key")
+        verify.check_private_key(tmp_path / "nope.key")
     with pytest.raises(CertError, match="does not belong"):
-        tool.check_key_pair(coordinator / "server.pem", coordinator / "ca.key")
+        verify.check_key_pair(coordinator / "server.pem", coordinator / "ca.key")
 
 
 def test_server_needs_a_ca_and_valid_names(tmp_path: Path) -> None:
     with pytest.raises(CertError, match="create the CA first"):
-        tool.issue_server_cert(tmp_path)
-    tool.create_ca(tmp_path)
+        issue.issue_server_cert(tmp_path)
+    issue.create_ca(tmp_path)
     with pytest.raises(CertError, match="--ip"):
-        tool.issue_server_cert(tmp_path, ip_addresses=["localhost"])
+        issue.issue_server_cert(tmp_path, ip_addresses=["localhost"])
     with pytest.raises(CertError, match="--dns"):
-        tool.issue_server_cert(tmp_path, dns_names=["bad name"])
+        issue.issue_server_cert(tmp_path, dns_names=["bad name"])
     with pytest.raises(CertError, match="--days"):
-        tool.issue_server_cert(tmp_path, days=0)
+        issue.issue_server_cert(tmp_path, days=0)
     assert not (tmp_path / "server.pem").exists()
 
 
@@ -227,7 +227,7 @@ def test_node_keys_load_with_flowers_own_loaders(tmp_path: Path) -> None:
     from flwr.supercore.primitives.asymmetric import public_key_to_bytes
     from flwr.supernode.cli.flower_supernode import _try_setup_client_authentication
 
-    issued = tool.create_node_auth_key(tmp_path, "alice")
+    issued = node_keys.create_node_auth_key(tmp_path, "alice")
     key_path, pub_path = tmp_path / "node-alice.key", tmp_path / "node-alice.pub"
     assert issued.files == (key_path, pub_path)
     # What `flower-supernode --auth-supernode-private-key` runs.
@@ -238,27 +238,27 @@ def test_node_keys_load_with_flowers_own_loaders(tmp_path: Path) -> None:
     assert private.curve.name == "secp384r1"
     # What `flwr supernode register node-alice.pub` runs: the same key reaches the SuperLink.
     assert try_load_public_key(pub_path) == public_key_to_bytes(public)
-    assert issued.fingerprint == tool.ssh_fingerprint(public)
+    assert issued.fingerprint == node_keys.ssh_fingerprint(public)
 
 
 def test_admit_copies_a_valid_public_key_and_refuses_others(tmp_path: Path) -> None:
     partner, coordinator = tmp_path / "partner", tmp_path / "coordinator"
-    made = tool.create_node_auth_key(partner, "alice")
-    admitted = tool.admit_node_key(coordinator, "alice", partner / "node-alice.pub")
+    made = node_keys.create_node_auth_key(partner, "alice")
+    admitted = node_keys.admit_node_key(coordinator, "alice", partner / "node-alice.pub")
     assert admitted.fingerprint == made.fingerprint
     assert not (coordinator / "node-alice.key").exists()
     with pytest.raises(CertError, match="not an OpenSSH public key"):
-        tool.admit_node_key(coordinator, "bob", partner / "node-alice.key")
+        node_keys.admit_node_key(coordinator, "bob", partner / "node-alice.key")
     with pytest.raises(CertError, match="invalid node name"):
-        tool.admit_node_key(coordinator, "../bob", partner / "node-alice.pub")
+        node_keys.admit_node_key(coordinator, "../bob", partner / "node-alice.pub")
     with pytest.raises(CertError, match="already exists"):
-        tool.admit_node_key(coordinator, "alice", partner / "node-alice.pub")
+        node_keys.admit_node_key(coordinator, "alice", partner / "node-alice.pub")
 
 
 def test_list_flags_expired_certificates(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                          ) -> None:
-    tool.create_ca(tmp_path, not_before=datetime.now(UTC) - timedelta(days=30), days=10)
-    tool.create_node_auth_key(tmp_path, "alice")
+    issue.create_ca(tmp_path, not_before=datetime.now(UTC) - timedelta(days=30), days=10)
+    node_keys.create_node_auth_key(tmp_path, "alice")
     assert main(["certs", "list", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "ca.pem  [CA]  EXPIRED" in out and "days left" in out
@@ -271,7 +271,7 @@ def test_add_certs_arguments_on_a_subparsers_object(tmp_path: Path) -> None:
     certs_cli.add_certs_arguments(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["certs", "ca", "--dir", str(tmp_path), "--days", "30"])
     assert certs_cli.run_certs_command(args) == 0
-    info = tool.list_certificates(tmp_path)[0]
+    info = listing.list_certificates(tmp_path)[0]
     assert (info.not_after - info.not_before).days == 30
 
 
@@ -284,7 +284,7 @@ def test_grpc_tls_handshake_trusts_only_our_ca(coordinator: Path, tmp_path: Path
         [((coordinator / "server.key").read_bytes(), (coordinator / "server.pem").read_bytes())])
     port = server.add_secure_port("127.0.0.1:0", creds)
     server.start()
-    tool.create_ca(tmp_path / "other")
+    issue.create_ca(tmp_path / "other")
     try:
         for root, ok in ((coordinator / "ca.pem", True), (tmp_path / "other" / "ca.pem", False)):
             channel = grpc.secure_channel(
