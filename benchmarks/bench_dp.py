@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("PYTHONWARNINGS", "ignore")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.environment import offline_and_quiet  # noqa: E402
+
+offline_and_quiet()
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402

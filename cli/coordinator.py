@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import server as server_package
-from certs import tool
+from certs import files, node_keys, verify
 from cli.flags import add_resume_flag, add_run_config_flags, run_config_from
 from cli.processes import (
     LaunchError,
@@ -34,7 +34,7 @@ from cli.processes import (
     warn_insecure,
 )
 from common.config import RunConfig
-from common.errors import ConfigError
+from common.errors import ConfigError, require
 from common.net import unreachable
 from server.rundir import check_run_dir
 
@@ -62,16 +62,16 @@ def connect_host(bind_host: str) -> str:
 
 def check_tls_files(certs_dir: Path, host: str) -> TlsFiles:
     """The CA, server certificate and key in ``certs_dir``, checked before Flower sees them."""
-    tls = TlsFiles(certs_dir / tool.CA_CERT, certs_dir / tool.SERVER_CERT,
-                   certs_dir / tool.SERVER_KEY)
+    tls = TlsFiles(certs_dir / files.CA_CERT, certs_dir / files.SERVER_CERT,
+                   certs_dir / files.SERVER_KEY)
     for path in (tls.ca, tls.cert, tls.key):
         if not path.is_file():
-            raise tool.CertError(f"{path} not found: make it with `fedpriv certs ca/server "
-                                 f"--dir {certs_dir}` (or pass --certs-dir)")
-    tool.check_certificate(tls.ca)
-    tool.check_certificate(tls.cert, expect_host=host)
-    tool.check_key_pair(tls.cert, tls.key)
-    tool.check_chain(tls.cert, tls.ca)
+            raise files.CertError(f"{path} not found: make it with `fedpriv certs ca/server "
+                                  f"--dir {certs_dir}` (or pass --certs-dir)")
+    verify.check_certificate(tls.ca)
+    verify.check_certificate(tls.cert, expect_host=host)
+    verify.check_key_pair(tls.cert, tls.key)
+    verify.check_chain(tls.cert, tls.ca)
     return tls
 
 
@@ -80,7 +80,7 @@ def admitted_keys(keys_dir: Path | None, extra: list[Path]) -> list[Path]:
     found = sorted(keys_dir.glob("node-*.pub")) if keys_dir and keys_dir.is_dir() else []
     keys = list(dict.fromkeys([*found, *extra]))
     for path in keys:
-        tool.check_node_public_key(path)
+        verify.check_node_public_key(path)
     return keys
 
 
@@ -266,9 +266,9 @@ class Coordinator:
 def add_server_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags of ``fedpriv server``: where the SuperLink listens, its TLS files, the run."""
     link = parser.add_argument_group("SuperLink")
-    link.add_argument("--certs-dir", type=Path, default=tool.DEFAULT_DIR,
+    link.add_argument("--certs-dir", type=Path, default=files.DEFAULT_DIR,
                       help="folder with ca.pem, server.pem, server.key (`fedpriv certs ca/server`; "
-                           f"default {tool.DEFAULT_DIR})")
+                           f"default {files.DEFAULT_DIR})")
     link.add_argument("--keys-dir", type=Path, default=None,
                       help="folder whose node-*.pub keys are admitted (default: --certs-dir, "
                            "where `fedpriv certs admit` keeps them)")
@@ -310,10 +310,8 @@ def _run_config(args: argparse.Namespace) -> RunConfig:
 
 def run_server_command(args: argparse.Namespace) -> int:
     """``fedpriv server``: check everything, start the SuperLink, run, stop."""
-    if not 0 < args.port < 65536:
-        raise ConfigError(f"invalid --port {args.port}: must be 1-65535")
-    if args.timeout < 0:
-        raise ConfigError(f"invalid --timeout {args.timeout}: must be >= 0 (0 = no limit)")
+    require(0 < args.port < 65536, "--port", args.port, "must be 1-65535")
+    require(args.timeout >= 0, "--timeout", args.timeout, "must be >= 0 (0 = no limit)")
     if args.insecure and args.admit:
         raise ConfigError("--insecure cannot be combined with --admit: Flower's SuperNode "
                           "authentication needs TLS; drop --insecure")
@@ -335,7 +333,7 @@ def run_server_command(args: argparse.Namespace) -> int:
         print(f"fedpriv: SuperLink on {args.host}:{args.port} ({scheme}); log "
               f"{state_dir / 'superlink.log'}; database {database}", flush=True)
         for key in keys:
-            fingerprint = tool.ssh_fingerprint(tool.check_node_public_key(key))
+            fingerprint = node_keys.ssh_fingerprint(verify.check_node_public_key(key))
             print(f"fedpriv: admitted {key} ({fingerprint}): {link.register(key)}", flush=True)
         run_id = link.start_run(app_dir, cfg)
         print(f"fedpriv: started run {run_id}; waiting for "

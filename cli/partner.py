@@ -16,7 +16,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from certs import tool
+from certs import verify
 from cli.processes import (
     LaunchError,
     Service,
@@ -28,7 +28,7 @@ from cli.processes import (
     sigterm_as_interrupt,
     warn_insecure,
 )
-from common.errors import ConfigError
+from common.errors import ConfigError, require
 from common.files import blocking_file
 from common.net import unreachable
 
@@ -98,8 +98,7 @@ def check_tls(host: str, port: int, root_cert: Path, timeout: float = CONNECT_TI
 
 def check_local_port(port: int) -> None:
     """The SuperNode's own local port is free (two nodes on one machine need two ports)."""
-    if not 0 < port < 65536:
-        raise ConfigError(f"invalid --port {port}: must be 1-65535")
+    require(0 < port < 65536, "--port", port, "must be 1-65535")
     with socket.socket() as probe:
         # As uvicorn does: a port still in TIME_WAIT from an earlier node is free.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -111,16 +110,15 @@ def check_local_port(port: int) -> None:
 
 
 def check_budget_flags(max_epsilon: float, delta: float | None) -> None:
-    if not (math.isfinite(max_epsilon) and max_epsilon > 0):
-        raise ConfigError(f"invalid --max-epsilon {max_epsilon}: must be a finite number > 0")
-    if delta is not None and not 0 < delta < 1:
-        raise ConfigError(f"invalid --delta {delta}: must be between 0 and 1 (exclusive)")
+    require(math.isfinite(max_epsilon) and max_epsilon > 0, "--max-epsilon", max_epsilon,
+            "must be a finite number > 0")
+    require(delta is None or 0 < delta < 1, "--delta", delta,
+            "must be between 0 and 1 (exclusive)")
 
 
 def check_max_wait_time(seconds: float | None) -> None:
-    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigError(f"invalid --max-wait-time {seconds}: must be a finite number of "
-                          "seconds > 0 (leave it out to keep retrying)")
+    require(seconds is None or (math.isfinite(seconds) and seconds > 0), "--max-wait-time",
+            seconds, "must be a finite number of seconds > 0 (leave it out to keep retrying)")
 
 
 def check_state_dir(state_dir: Path) -> Path:
@@ -213,8 +211,8 @@ def _check_files(args: argparse.Namespace) -> None:
     for flag, value in (("--root-cert", args.root_cert), ("--node-key", args.node_key)):
         if value is None:
             raise ConfigError(f"{flag} is required (or --insecure, for tests only)")
-    tool.check_certificate(args.root_cert)
-    tool.check_node_key(args.node_key)
+    verify.check_certificate(args.root_cert)
+    verify.check_node_key(args.node_key)
 
 
 def run_client_command(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
-from common.errors import ConfigError
+from common.errors import ConfigError, require
 
 ACCOUNTANTS = ("prv", "rdp")
 PARTITIONERS = ("iid", "dirichlet", "label")
@@ -27,11 +27,6 @@ def key_of(field_name: str) -> str:
     return field_name.replace("_", "-")
 
 
-def _check(condition: bool, key: str, value: Any, why: str) -> None:
-    if not condition:
-        raise ConfigError(f"invalid --{key} {value!r}: {why}")
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     # "default" is the embedded all-MiniLM-L6-v2, "tiny" a small config-built BERT
@@ -43,11 +38,11 @@ class ModelConfig:
     max_length: int = 64
 
     def __post_init__(self) -> None:
-        _check(self.finetune in FINETUNE_MODES, "finetune", self.finetune,
+        require(self.finetune in FINETUNE_MODES, "--finetune", self.finetune,
                f"choose one of {', '.join(FINETUNE_MODES)}")
-        _check(self.lora_r > 0, "lora-r", self.lora_r, "must be > 0")
-        _check(self.lora_alpha > 0, "lora-alpha", self.lora_alpha, "must be > 0")
-        _check(8 <= self.max_length <= 512, "max-length", self.max_length,
+        require(self.lora_r > 0, "--lora-r", self.lora_r, "must be > 0")
+        require(self.lora_alpha > 0, "--lora-alpha", self.lora_alpha, "must be > 0")
+        require(8 <= self.max_length <= 512, "--max-length", self.max_length,
                "must be between 8 and 512 tokens")
 
 
@@ -69,19 +64,19 @@ class DataConfig:
     classes_per_client: int = 2
 
     def __post_init__(self) -> None:
-        _check(self.max_examples >= 0, "max-examples", self.max_examples, "must be >= 0")
-        _check(0.0 < self.test_fraction < 1.0, "test-fraction", self.test_fraction,
+        require(self.max_examples >= 0, "--max-examples", self.max_examples, "must be >= 0")
+        require(0.0 < self.test_fraction < 1.0, "--test-fraction", self.test_fraction,
                "must be between 0 and 1 (exclusive)")
-        _check(self.partitioner in PARTITIONERS, "partitioner", self.partitioner,
+        require(self.partitioner in PARTITIONERS, "--partitioner", self.partitioner,
                f"choose one of {', '.join(PARTITIONERS)}")
-        _check(math.isfinite(self.dirichlet_alpha) and self.dirichlet_alpha > 0, "dirichlet-alpha",
-               self.dirichlet_alpha, "must be a finite number > 0")
-        _check(self.classes_per_client >= 1, "classes-per-client", self.classes_per_client,
+        require(math.isfinite(self.dirichlet_alpha) and self.dirichlet_alpha > 0,
+                "--dirichlet-alpha", self.dirichlet_alpha, "must be a finite number > 0")
+        require(self.classes_per_client >= 1, "--classes-per-client", self.classes_per_client,
                "must be >= 1")
         try:
             "".encode(self.encoding)
         except LookupError:
-            _check(False, "encoding", self.encoding, "unknown text encoding")
+            require(False, "--encoding", self.encoding, "unknown text encoding")
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -105,16 +100,16 @@ class PrivacyConfig:
     report_train_loss: bool = False
 
     def __post_init__(self) -> None:
-        _check(math.isfinite(self.epsilon) and self.epsilon > 0, "epsilon", self.epsilon,
+        require(math.isfinite(self.epsilon) and self.epsilon > 0, "--epsilon", self.epsilon,
                "must be a finite number > 0")
-        _check(0.0 < self.delta < 1.0, "delta", self.delta,
+        require(0.0 < self.delta < 1.0, "--delta", self.delta,
                "must be between 0 and 1 (exclusive); use less than 1/number-of-examples")
         sigma = self.noise_multiplier
-        _check(math.isfinite(sigma) and sigma >= 0, "noise-multiplier", sigma,
+        require(math.isfinite(sigma) and sigma >= 0, "--noise-multiplier", sigma,
                "must be a finite number >= 0 (0 derives it from --epsilon)")
-        _check(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0, "max-grad-norm",
+        require(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0, "--max-grad-norm",
                self.max_grad_norm, "must be a finite number > 0")
-        _check(self.accountant in ACCOUNTANTS, "accountant", self.accountant,
+        require(self.accountant in ACCOUNTANTS, "--accountant", self.accountant,
                f"choose one of {', '.join(ACCOUNTANTS)}")
 
 
@@ -129,16 +124,16 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        _check(self.batch_size > 0, "batch-size", self.batch_size, "must be > 0")
-        _check(self.local_epochs > 0, "local-epochs", self.local_epochs, "must be > 0")
-        _check(self.local_steps >= 0, "local-steps", self.local_steps, "must be >= 0")
-        _check(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning-rate",
+        require(self.batch_size > 0, "--batch-size", self.batch_size, "must be > 0")
+        require(self.local_epochs > 0, "--local-epochs", self.local_epochs, "must be > 0")
+        require(self.local_steps >= 0, "--local-steps", self.local_steps, "must be >= 0")
+        require(math.isfinite(self.learning_rate) and self.learning_rate > 0, "--learning-rate",
                self.learning_rate, "must be a finite number > 0")
         # Partitioners need a non-negative seed, and nodes derive torch seeds from it.
-        _check(0 <= self.seed < 2**32, "seed", self.seed, f"must be between 0 and {2**32 - 1}")
-        _check(self.device in ("auto", "cpu", "cuda")
+        require(0 <= self.seed < 2**32, "--seed", self.seed, f"must be between 0 and {2**32 - 1}")
+        require(self.device in ("auto", "cpu", "cuda")
                or (self.device.startswith("cuda:") and self.device[5:].isdecimal()),
-               "device", self.device, "choose auto, cpu, cuda or cuda:N")
+               "--device", self.device, "choose auto, cpu, cuda or cuda:N")
 
 
 @dataclass(frozen=True)
@@ -162,23 +157,23 @@ class FederationConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
-        _check(self.num_rounds >= 1, "num-rounds", self.num_rounds, "must be >= 1")
-        _check(0.0 < self.fraction_train <= 1.0, "fraction-train", self.fraction_train,
+        require(self.num_rounds >= 1, "--num-rounds", self.num_rounds, "must be >= 1")
+        require(0.0 < self.fraction_train <= 1.0, "--fraction-train", self.fraction_train,
                "must be in (0, 1]")
-        _check(0.0 <= self.fraction_evaluate <= 1.0, "fraction-evaluate",
+        require(0.0 <= self.fraction_evaluate <= 1.0, "--fraction-evaluate",
                self.fraction_evaluate, "must be in [0, 1]")
-        _check(self.min_train_clients >= 1, "min-train-clients", self.min_train_clients,
+        require(self.min_train_clients >= 1, "--min-train-clients", self.min_train_clients,
                "must be >= 1")
-        _check(self.min_available_clients >= 1, "min-available-clients",
+        require(self.min_available_clients >= 1, "--min-available-clients",
                self.min_available_clients, "must be >= 1")
-        _check(self.min_updates >= 1, "min-updates", self.min_updates, "must be >= 1")
-        _check(self.aggregation in AGGREGATIONS, "aggregation", self.aggregation,
+        require(self.min_updates >= 1, "--min-updates", self.min_updates, "must be >= 1")
+        require(self.aggregation in AGGREGATIONS, "--aggregation", self.aggregation,
                f"choose one of {', '.join(AGGREGATIONS)}")
-        _check(0.0 <= self.trim_fraction < 0.5, "trim-fraction", self.trim_fraction,
+        require(0.0 <= self.trim_fraction < 0.5, "--trim-fraction", self.trim_fraction,
                "must be in [0, 0.5)")
-        _check(math.isfinite(self.round_timeout) and self.round_timeout > 0, "round-timeout",
+        require(math.isfinite(self.round_timeout) and self.round_timeout > 0, "--round-timeout",
                self.round_timeout, "must be a finite number of seconds > 0")
-        _check(bool(self.run_dir), "run-dir", self.run_dir, "must not be empty")
+        require(bool(self.run_dir), "--run-dir", self.run_dir, "must not be empty")
 
 
 SECTIONS = {

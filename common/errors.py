@@ -19,3 +19,13 @@ class ModelError(FedPrivError):
 
 class LedgerError(FedPrivError):
     """A key or ledger file cannot be used as it is; the message names the file."""
+
+
+def require(condition: bool, flag: str, value: object, why: str) -> None:
+    """The one validation step: ConfigError "invalid FLAG VALUE: WHY" unless `condition`.
+
+    `flag` is how the user gave the setting (``--epsilon``, ``node-config max-epsilon``),
+    so the message names what to fix.
+    """
+    if not condition:
+        raise ConfigError(f"invalid {flag} {value!r}: {why}")

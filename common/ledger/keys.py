@@ -1,6 +1,6 @@
 """A node's ledger signing key (Ed25519): create, save 0600, load, and name it in hex.
 
-Not Flower's node authentication key (ECDSA, `certs.tool`): this one signs privacy
+Not Flower's node authentication key (ECDSA, `certs.node_keys`): this one signs privacy
 records, and only the node holds it.
 """
 

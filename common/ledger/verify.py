@@ -59,66 +59,81 @@ def verify_entries(entries: Sequence[Mapping[str, Any] | LedgerLine],
     duplicates, that no node_id of a run is claimed by two keys, and that a node's
     rounds go forward. An empty list means the ledger is intact.
     """
-    names = key_names(trusted_keys)
-    problems: list[Problem] = []
-    last: dict[str, str] = {}               # node_key -> hash of its latest entry
-    where_of: dict[str, LedgerLine] = {}    # entry hash -> first line holding it
-    seen_round: dict[tuple, LedgerLine] = {}
-    owner: dict[tuple[Any, Any], str] = {}
-    last_round: dict[tuple[str, Any], int] = {}
-
     lines = as_lines(entries)
-    anywhere: dict[str, LedgerLine] = {}    # entry hash -> first line, over the whole ledger
+    walk = _ChainWalk(key_names(trusted_keys), trusted_keys is not None, lines)
     for ln in lines:
-        if not shape_problem(ln.entry):
-            anywhere.setdefault(entry_hash(ln.entry), ln)
+        walk.check(ln)
+    return walk.problems
 
-    for ln in lines:
-        e = ln.entry
-        shape = shape_problem(e)
+
+class _ChainWalk:
+    """The state of one pass over a ledger, in file order: what each check remembers."""
+
+    def __init__(self, names: Mapping[str, str], keys_given: bool,
+                 lines: Sequence[LedgerLine]) -> None:
+        self.names, self.keys_given = names, keys_given
+        self.problems: list[Problem] = []
+        self.last: dict[str, str] = {}              # node_key -> hash of its latest entry
+        self.where_of: dict[str, LedgerLine] = {}   # entry hash -> first line holding it
+        self.seen_round: dict[tuple, LedgerLine] = {}
+        self.owner: dict[tuple[Any, Any], str] = {}
+        self.last_round: dict[tuple[str, Any], int] = {}
+        self.anywhere: dict[str, LedgerLine] = {}   # entry hash -> first line, whole ledger
+        for ln in lines:
+            if not shape_problem(ln.entry):
+                self.anywhere.setdefault(entry_hash(ln.entry), ln)
+
+    def check(self, ln: LedgerLine) -> None:
+        shape = shape_problem(ln.entry)
         if shape:
-            problems.append(Problem(ln.where, "?", None, f"malformed entry: {shape}"))
-            continue
-        key, rec = e["node_key"], e["record"]
-        name, rnd = node_name(key, names), rec.get("round")
+            self.problems.append(Problem(ln.where, "?", None, f"malformed entry: {shape}"))
+            return
+        key = ln.entry["node_key"]
+        if self.keys_given and key not in self.names:
+            self._report(ln, f"signed by key {key[:16]}..., which is not among the trusted keys")
+        if not signature_ok(ln.entry):
+            self._report(ln, "bad signature: the entry was changed after the node signed it")
+        h = entry_hash(ln.entry)
+        if h in self.where_of:
+            self._report(ln, f"duplicate of {self.where_of[h].where}")
+            return
+        self.where_of[h] = ln
+        self._check_chain(ln, h)
+        self._check_rounds(ln)
 
-        def report(what: str, name: str = name, rnd: Any = rnd, ln: LedgerLine = ln) -> None:
-            problems.append(Problem(ln.where, name, rnd, what))
+    def _report(self, ln: LedgerLine, what: str) -> None:
+        name = node_name(ln.entry["node_key"], self.names)
+        self.problems.append(Problem(ln.where, name, ln.entry["record"].get("round"), what))
 
-        if trusted_keys is not None and key not in names:
-            report(f"signed by key {key[:16]}..., which is not among the trusted keys")
-        if not signature_ok(e):
-            report("bad signature: the entry was changed after the node signed it")
-        h = entry_hash(e)
-        if h in where_of:
-            report(f"duplicate of {where_of[h].where}")
-            continue
-        where_of[h] = ln
-
-        expected = last.get(key, GENESIS)
+    def _check_chain(self, ln: LedgerLine, h: str) -> None:
+        e, key = ln.entry, ln.entry["node_key"]
+        rec = e["record"]
         # A node's first entry here may follow entries of its earlier runs, kept in other
         # ledgers: allowed only where the record itself says its run begins (it counts no
         # steps before its own), so entries cut from the start of a run still show.
-        continues_elsewhere = (key not in last and e["prev_hash"] not in anywhere
+        continues_elsewhere = (key not in self.last and e["prev_hash"] not in self.anywhere
                                and rec["total_steps"] == rec["steps"])
-        if e["prev_hash"] != expected and not continues_elsewhere:
-            report(_chain_problem(e["prev_hash"], where_of, anywhere, last.get(key)))
-        last[key] = h
+        if e["prev_hash"] != self.last.get(key, GENESIS) and not continues_elsewhere:
+            self._report(ln, _chain_problem(e["prev_hash"], self.where_of, self.anywhere,
+                                            self.last.get(key)))
+        self.last[key] = h
 
+    def _check_rounds(self, ln: LedgerLine) -> None:
+        key, rec = ln.entry["node_key"], ln.entry["record"]
         run = rec["run_id"]
         slot = (key, run, rec["round"], rec["kind"])
-        if slot in seen_round:
-            report(f"second {rec['kind']} record for this round (first at "
-                   f"{seen_round[slot].where})")
-        seen_round.setdefault(slot, ln)
-        if last_round.get((key, run), rec["round"]) > rec["round"]:
-            report(f"round goes back from {last_round[(key, run)]} to {rec['round']}")
-        last_round[(key, run)] = max(rec["round"], last_round.get((key, run), rec["round"]))
-        other = owner.setdefault((run, rec["node_id"]), key)
+        if slot in self.seen_round:
+            self._report(ln, f"second {rec['kind']} record for this round (first at "
+                         f"{self.seen_round[slot].where})")
+        self.seen_round.setdefault(slot, ln)
+        latest = self.last_round.get((key, run), rec["round"])
+        if latest > rec["round"]:
+            self._report(ln, f"round goes back from {latest} to {rec['round']}")
+        self.last_round[(key, run)] = max(rec["round"], latest)
+        other = self.owner.setdefault((run, rec["node_id"]), key)
         if other != key:
-            report(f"node_id {rec['node_id']} of run {run} is also claimed by key "
-                   f"{node_name(other, names)}: a record signed by another node's key")
-    return problems
+            self._report(ln, f"node_id {rec['node_id']} of run {run} is also claimed by key "
+                         f"{node_name(other, self.names)}: a record signed by another node's key")
 
 
 def _chain_problem(prev: str, where_of: Mapping[str, LedgerLine],
