@@ -18,6 +18,7 @@ from safetensors.numpy import save
 from common.errors import FedPrivError
 from common.files import write_atomic
 from common.ledger.provenance import fingerprint_arrays
+from server.outcome import RoundOutcome
 
 log = logging.getLogger("fedpriv.server")
 CHECKSUM_KEY = "fedpriv-sha256"
@@ -41,6 +42,24 @@ def save_checkpoint(run_dir: Path, server_round: int, arrays: dict[str, np.ndarr
     contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     write_atomic(path, save(contiguous, metadata={CHECKSUM_KEY: _checksum(contiguous)}))
     return path
+
+
+class CheckpointWriter:
+    """Checkpoints the global model after every train round (a RoundObserver).
+
+    Also after a round that aggregated nothing (its model is the one it began with): the
+    round is over, and a restarted coordinator goes on after it.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def train_round_done(self, outcome: RoundOutcome) -> None:
+        assert outcome.model is not None, "a train round's outcome carries the global model"
+        save_checkpoint(self.run_dir, outcome.server_round, outcome.model)
+
+    def evaluate_round_done(self, outcome: RoundOutcome) -> None:
+        """Nothing to save: evaluation leaves the model as it was."""
 
 
 def load_checkpoint(path: Path) -> dict[str, np.ndarray]:

@@ -7,6 +7,9 @@ can verify them without trusting the server.
 An entry is written once: a node that answers again (a round repeated after the
 coordinator restarted) or re-sends entries the server may have missed is recognised
 by the entry's hash, so nothing is lost and nothing is counted twice.
+
+The ledger is the first of the strategy's round observers: a round's entries are on
+disk before its checkpoint says the round is over.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from common.files import write_atomic
 from common.ledger.entry import entry_hash, record_of_entry
 from common.ledger.record import PrivacyRecord
 from common.ledger.store import append_received, read_ledger
+from server.outcome import RoundOutcome
 
 log = logging.getLogger("fedpriv.server")
 
@@ -68,6 +72,18 @@ class Ledger:
         append_received(self.path, entry, received_from=received_from)
         self._note(entry, received_from)
         return True
+
+    def train_round_done(self, outcome: RoundOutcome) -> None:
+        """Write every signed entry the train round received (a RoundObserver)."""
+        self._append_all(outcome)
+
+    def evaluate_round_done(self, outcome: RoundOutcome) -> None:
+        """Write every signed entry the evaluate round received (a RoundObserver)."""
+        self._append_all(outcome)
+
+    def _append_all(self, outcome: RoundOutcome) -> None:
+        for node, entry in outcome.entries:
+            self.append(entry, received_from=node)
 
     def records(self) -> list[PrivacyRecord]:
         if not self.path.exists():

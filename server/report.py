@@ -8,12 +8,13 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from common.files import write_atomic
-from server.strategy import PrivacyRounds
+from server.outcome import RoundOutcome
 
 COLUMNS = ("round", "trained", "refused", "failed", "loss", "accuracy", "fed_accuracy",
            "epsilon_max", "epsilon_mean", "seconds")
@@ -24,48 +25,46 @@ HEADERS = {"accuracy": "acc", "fed_accuracy": "fed acc", "epsilon_max": "eps max
 
 
 class RoundReporter:
-    """Prints one row per round as it ends and rewrites metrics.json / metrics.csv."""
+    """Prints one row per round as it ends and rewrites metrics.json / metrics.csv.
 
-    def __init__(self, run_dir: Path, strategy: PrivacyRounds, num_rounds: int,
-                 config: dict, console: Console | None = None, up_to: int | None = None) -> None:
+    A RoundObserver: it keeps what the strategy's outcomes say about a round until
+    `end_round` (after Flower's central evaluation) writes the round's row.
+    """
+
+    def __init__(self, run_dir: Path, num_rounds: int, config: dict[str, Any],
+                 console: Console | None = None, up_to: int | None = None) -> None:
         """`up_to`: a resumed run keeps the rows of rounds up to its checkpoint."""
-        self.run_dir, self.strategy, self.num_rounds = run_dir, strategy, num_rounds
-        self.config = config
+        self.run_dir, self.num_rounds, self.config = run_dir, num_rounds, config
         self.console = console or Console(stderr=True)
-        self.rows: list[dict] = [] if up_to is None else self._earlier_rows(up_to)
+        self.rows: list[dict[str, Any]] = [] if up_to is None else self._earlier_rows(up_to)
         self.started = time.monotonic() - (self.rows[-1]["seconds"] if self.rows else 0.0)
+        # Per round, until its row is written: the train outcome and federated metrics.
+        self._trained: dict[int, RoundOutcome] = {}
+        self._federated: dict[int, dict[str, Any]] = {}
 
-    def _earlier_rows(self, up_to: int) -> list[dict]:
+    def _earlier_rows(self, up_to: int) -> list[dict[str, Any]]:
         try:
             rows = json.loads((self.run_dir / "metrics.json").read_text())["rounds"]
         except (OSError, ValueError, KeyError, TypeError):
             return []  # metrics are a report, not a record: the ledger has the spend
         return [row for row in rows if isinstance(row, dict) and row.get("round", -1) <= up_to]
 
+    def train_round_done(self, outcome: RoundOutcome) -> None:
+        self._trained[outcome.server_round] = outcome
+
+    def evaluate_round_done(self, outcome: RoundOutcome) -> None:
+        self._federated[outcome.server_round] = outcome.metrics
+
     def end_round(self, server_round: int, central: dict[str, float] | None) -> None:
-        outcome = self.strategy.rounds.get(server_round)
-        eps = [r.epsilon for r in outcome.trained] if outcome else []
-        fed = self.strategy.federated_metrics.get(server_round, {})
-        row = {
-            "round": server_round,
-            "trained": len(outcome.trained) if outcome else 0,
-            "refused": len(outcome.refused) if outcome else 0,
-            "failed": len(outcome.failed) + len(outcome.rejected) if outcome else 0,
-            "loss": (central or {}).get("loss", math.nan),
-            "accuracy": (central or {}).get("accuracy", math.nan),
-            "fed_accuracy": fed.get("eval-accuracy", math.nan),
-            "epsilon_max": max(eps, default=0.0),
-            "epsilon_mean": sum(eps) / len(eps) if eps else 0.0,
-            "seconds": round(time.monotonic() - self.started, 1),
-            "aggregated": outcome.aggregated if outcome else False,
-            "failures": [{"node": node, "why": why}
-                         for node, why in (outcome.failed + outcome.rejected if outcome else [])],
-        }
+        """Write the round's row: `central` is the held-out evaluation, if there is one."""
+        row = _row(server_round, self._trained.pop(server_round, None),
+                   self._federated.pop(server_round, {}), central or {},
+                   seconds=round(time.monotonic() - self.started, 1))
         self.rows.append(row)
         self._print(row)
         self._write()
 
-    def _print(self, row: dict) -> None:
+    def _print(self, row: dict[str, Any]) -> None:
         if row["round"] == 0:
             self.console.print(f"[bold]round 0/{self.num_rounds}[/] initial model: "
                                f"loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}")
@@ -94,7 +93,29 @@ class RoundReporter:
         write_atomic(self.run_dir / "metrics.csv", out.getvalue().encode())
 
 
-def _fmt(value) -> str:
+def _row(server_round: int, outcome: RoundOutcome | None, federated: dict[str, Any],
+         central: dict[str, float], seconds: float) -> dict[str, Any]:
+    """A round's metrics row (round 0, the initial model, has no outcome)."""
+    trained = outcome.trained if outcome else []
+    failures = outcome.failed + outcome.rejected if outcome else []
+    eps = [r.epsilon for r in trained]
+    return {
+        "round": server_round,
+        "trained": len(trained),
+        "refused": len(outcome.refused) if outcome else 0,
+        "failed": len(failures),
+        "loss": central.get("loss", math.nan),
+        "accuracy": central.get("accuracy", math.nan),
+        "fed_accuracy": federated.get("eval-accuracy", math.nan),
+        "epsilon_max": max(eps, default=0.0),
+        "epsilon_mean": sum(eps) / len(eps) if eps else 0.0,
+        "seconds": seconds,
+        "aggregated": outcome.aggregated if outcome else False,
+        "failures": [{"node": node, "why": why} for node, why in failures],
+    }
+
+
+def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.3f}"
     return str(value)

@@ -1,18 +1,22 @@
 """The strategies on hand-made replies: known means, refusals, faults, bad updates, ledger."""
 
+import io
 import json
+from types import MappingProxyType
 
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedMedian
 
 from common.ledger.entry import GENESIS, entry_hash, make_entry, record_of_entry
 from common.ledger.keys import generate_signing_key
 from common.ledger.record import PrivacyRecord
 from common.wire import entry_of_message, entry_recorddict, to_record
-from server.checkpoint import checkpoint_path, load_checkpoint
+from server.checkpoint import CheckpointWriter, checkpoint_path, load_checkpoint
 from server.ledger import Ledger
-from server.strategy import PrivacyRounds, make_strategy
+from server.outcome import RoundOutcome
+from server.strategy import PrivacyStrategy, flower_strategy
 
 
 def record(node, kind="train", eps=1.0, server_round=1, **kw) -> PrivacyRecord:
@@ -43,13 +47,30 @@ def reply(node, arrays=None, n=1, rec="train", key=None, server_round=1, ins=Non
 ZERO = {"w": np.zeros(2, dtype=np.float32), "b": np.zeros((1, 1), dtype=np.float32)}
 
 
-def strategy(tmp_path, global_arrays=ZERO, **kw) -> PrivacyRounds:
+class Seen:
+    """The last observer of a test's strategy: each train outcome by round, after the
+    ledger and checkpoint observers of the real federation have had it."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.rounds: dict[int, RoundOutcome] = {}
+
+    def train_round_done(self, outcome: RoundOutcome) -> None:
+        self.rounds[outcome.server_round] = outcome
+
+    def evaluate_round_done(self, outcome: RoundOutcome) -> None:
+        """Evaluate outcomes are not what these tests look at."""
+
+
+def strategy(tmp_path, global_arrays=ZERO, **kw) -> tuple[PrivacyStrategy, Seen]:
     # lr 1 with 5 steps bounds an honest update of these 3 weights at about 27.
-    s = make_strategy(kw.pop("aggregation", "fedavg"), 0.2, run_dir=tmp_path,
-                      ledger=Ledger(tmp_path / "ledger.jsonl"), ledger_run=1, learning_rate=1.0,
-                      **kw)
+    seen = Seen(Ledger(tmp_path / "ledger.jsonl"))
+    s = PrivacyStrategy(flower_strategy(kw.pop("aggregation", "fedavg"), 0.2),
+                        heads=MappingProxyType(seen.ledger.heads), ledger_run=1,
+                        learning_rate=1.0,
+                        observers=[seen.ledger, CheckpointWriter(tmp_path), seen], **kw)
     s.expect({k: v.copy() for k, v in global_arrays.items()})
-    return s
+    return s, seen
 
 
 def ledger_rows(tmp_path) -> list[dict]:
@@ -57,7 +78,7 @@ def ledger_rows(tmp_path) -> list[dict]:
 
 
 def test_fedavg_of_known_arrays_is_the_example_weighted_mean(tmp_path):
-    s = strategy(tmp_path)
+    s, _ = strategy(tmp_path)
     a = {"w": np.array([1.0, 2.0], dtype=np.float32), "b": np.array([[0.0]], dtype=np.float32)}
     b = {"w": np.array([3.0, 6.0], dtype=np.float32), "b": np.array([[4.0]], dtype=np.float32)}
     arrays, _ = s.aggregate_train(1, [reply(1, a, n=1), reply(2, b, n=3)])
@@ -72,7 +93,7 @@ def w(*values, b=0.0):
 
 
 def test_refusals_and_recordless_replies_are_left_out_and_the_round_goes_on(tmp_path):
-    s = strategy(tmp_path)
+    s, seen = strategy(tmp_path)
     forged = w(1000.0, 0.0)
     tampered = reply(5, forged)
     entry = json.loads(str(tampered.content["privacy"]["entry"]))
@@ -82,7 +103,7 @@ def test_refusals_and_recordless_replies_are_left_out_and_the_round_goes_on(tmp_
                                       reply(3, rec="refused"), reply(4, forged, rec=None),
                                       tampered])
     np.testing.assert_allclose(arrays["w"].numpy(), [3.0, 0.0])
-    outcome = s.rounds[1]
+    outcome = seen.rounds[1]
     assert len(outcome.trained) == 2 and len(outcome.refused) == 1
     assert {node for node, _ in outcome.rejected} == {4, 5}
     assert [(x["received_from"], x["record"]["kind"]) for x in ledger_rows(tmp_path)] == [
@@ -90,9 +111,9 @@ def test_refusals_and_recordless_replies_are_left_out_and_the_round_goes_on(tmp_
 
 
 def test_all_refusing_leaves_the_model_unchanged_and_checkpoints_it(tmp_path):
-    s = strategy(tmp_path, global_arrays=w(1.0, 2.0))
+    s, seen = strategy(tmp_path, global_arrays=w(1.0, 2.0))
     arrays, metrics = s.aggregate_train(2, [reply(1, rec="refused"), reply(2, rec="refused")])
-    assert arrays is None and metrics is None and not s.rounds[2].aggregated
+    assert arrays is None and metrics is None and not seen.rounds[2].aggregated
     # The round is over (a resumed run goes on after it) with the model it began with.
     np.testing.assert_array_equal(load_checkpoint(checkpoint_path(tmp_path, 2))["w"], [1.0, 2.0])
 
@@ -118,20 +139,20 @@ BAD_UPDATES = {
 
 def test_nan_wrong_shape_and_over_norm_updates_are_rejected_and_leave_the_model_alone(tmp_path):
     good = w(2.0, 4.0, b=1.0)
-    alone = strategy(tmp_path / "alone")
+    alone, _ = strategy(tmp_path / "alone")
     expected, _ = alone.aggregate_train(1, [reply(1, good)])
-    s = strategy(tmp_path / "mixed")
+    s, seen = strategy(tmp_path / "mixed")
     replies = [reply(1, good), *(reply(2 + i % 4, bad)
                                  for i, bad in enumerate(BAD_UPDATES.values()))]
     arrays, _ = s.aggregate_train(1, replies)
     for name in ("w", "b"):
         np.testing.assert_array_equal(arrays[name].numpy(), expected[name].numpy())
-    reasons = [why for _, why in s.rounds[1].rejected]
-    assert len(reasons) == len(BAD_UPDATES) and len(s.rounds[1].trained) == 1
+    reasons = [why for _, why in seen.rounds[1].rejected]
+    assert len(reasons) == len(BAD_UPDATES) and len(seen.rounds[1].trained) == 1
     assert any("NaN or Inf" in r for r in reasons) and any("exceeds" in r for r in reasons)
     assert any("float64" in r for r in reasons) and any("[3]" in r for r in reasons)
     # With only bad updates the round keeps the global model exactly.
-    only_bad = strategy(tmp_path / "bad", global_arrays=good)
+    only_bad, _ = strategy(tmp_path / "bad", global_arrays=good)
     arrays, _ = only_bad.aggregate_train(1, [reply(2, bad) for bad in BAD_UPDATES.values()])
     assert arrays is None
     saved = load_checkpoint(checkpoint_path(tmp_path / "bad", 1))
@@ -142,9 +163,10 @@ def test_median_resists_a_poisoned_update_within_the_norm_bound(tmp_path):
     honest = [w(1.0, 1.0), w(1.2, 0.8), w(0.9, 1.1), w(1.1, 0.9)]
     poison = w(-15.0, 15.0)  # norm 21: within what 5 steps of lr 1 can reach
     replies = lambda: [reply(i + 1, u) for i, u in enumerate([*honest, poison])]  # noqa: E731
-    mean, _ = strategy(tmp_path / "avg").aggregate_train(1, replies())
-    median, _ = strategy(tmp_path / "med", aggregation="median").aggregate_train(1, replies())
-    trimmed, _ = strategy(tmp_path / "trim", aggregation="trimmed-mean").aggregate_train(
+    mean, _ = strategy(tmp_path / "avg")[0].aggregate_train(1, replies())
+    median, _ = strategy(tmp_path / "med", aggregation="median")[0].aggregate_train(
+        1, replies())
+    trimmed, _ = strategy(tmp_path / "trim", aggregation="trimmed-mean")[0].aggregate_train(
         1, replies())
     assert abs(mean["w"].numpy()[0] - 1.0) > 3  # FedAvg is dragged by the poisoned update
     np.testing.assert_allclose(median["w"].numpy(), [1.0, 1.0], atol=1e-6)
@@ -153,9 +175,84 @@ def test_median_resists_a_poisoned_update_within_the_norm_bound(tmp_path):
 
 
 def test_too_few_updates_keep_the_global_model(tmp_path):
-    s = strategy(tmp_path, min_updates=2)
+    s, seen = strategy(tmp_path, min_updates=2)
     arrays, _ = s.aggregate_train(1, [reply(1, w(1.0, 1.0)), reply(2, rec="refused")])
-    assert arrays is None and len(s.rounds[1].trained) == 1 and not s.rounds[1].aggregated
+    assert arrays is None and len(seen.rounds[1].trained) == 1 and not seen.rounds[1].aggregated
+
+
+def test_the_wrapper_leaves_aggregation_to_the_inner_flower_strategy(tmp_path):
+    updates = [w(1.0, 5.0, b=0.0), w(2.0, -1.0, b=1.0), w(10.0, 3.0, b=4.0)]
+    replies = lambda: [reply(i + 1, u, n=1 + 10 * i) for i, u in enumerate(updates)]  # noqa: E731
+    s, _ = strategy(tmp_path, aggregation="median")
+    assert isinstance(s.inner, FedMedian)
+    arrays, _ = s.aggregate_train(1, replies())
+    # The coordinate-wise median, unweighted: not the example-weighted mean FedAvg gives.
+    np.testing.assert_array_equal(arrays["w"].numpy(), [2.0, 3.0])
+    np.testing.assert_array_equal(arrays["b"].numpy(), [[1.0]])
+    direct, _ = FedMedian().aggregate_train(1, replies())
+    for name in ("w", "b"):
+        np.testing.assert_array_equal(arrays[name].numpy(), direct[name].numpy())
+
+
+class Spy:
+    """An observer that notes its name, the round kind and the outcome it is handed."""
+
+    def __init__(self, name: str, calls: list) -> None:
+        self.name, self.calls = name, calls
+
+    def train_round_done(self, outcome: RoundOutcome) -> None:
+        self.calls.append((self.name, "train", outcome))
+
+    def evaluate_round_done(self, outcome: RoundOutcome) -> None:
+        self.calls.append((self.name, "evaluate", outcome))
+
+
+def test_observers_are_handed_each_outcome_in_the_order_given(tmp_path):
+    calls: list = []
+    s = PrivacyStrategy(flower_strategy("fedavg", 0.2), heads={}, ledger_run=1,
+                        learning_rate=1.0, observers=[Spy(name, calls) for name in
+                                                      ("ledger", "checkpoint", "report")])
+    s.expect({k: v.copy() for k, v in ZERO.items()})
+    s.aggregate_train(1, [reply(1, w(2.0, 0.0)), reply(2, rec="refused"),
+                          reply(3, w(1.0, 1.0), server_round=7)])
+    evaluated = reply(1, rec="evaluate",
+                      ins=Message(content=RecordDict(), dst_node_id=1, message_type="evaluate"))
+    evaluated.content["metrics"] = MetricRecord({"num-examples": 4, "eval-accuracy": 0.75})
+    s.aggregate_evaluate(1, [evaluated])
+    assert [(name, kind) for name, kind, _ in calls] == [
+        ("ledger", "train"), ("checkpoint", "train"), ("report", "train"),
+        ("ledger", "evaluate"), ("checkpoint", "evaluate"), ("report", "evaluate")]
+    trained, evaluate = calls[0][2], calls[3][2]
+    assert all(outcome is trained for _, _, outcome in calls[:3])
+    assert (trained.server_round, trained.kind, trained.aggregated) == (1, "train", True)
+    assert [r.node_id for r in trained.trained] == [1]
+    assert [r.node_id for r in trained.refused] == [2]
+    assert [node for node, _ in trained.rejected] == [3]
+    # The entry of the rejected (stale) reply is handed on too: its spend is real.
+    assert [node for node, _ in trained.entries] == [1, 2, 3]
+    np.testing.assert_array_equal(trained.model["w"], [2.0, 0.0])
+    assert evaluate.kind == "evaluate" and evaluate.metrics["eval-accuracy"] == 0.75
+    assert [node for node, _ in evaluate.entries] == [1]
+
+
+def test_the_report_is_written_from_outcomes(tmp_path):
+    from rich.console import Console
+
+    from server.report import RoundReporter
+
+    reporter = RoundReporter(tmp_path, 1, {}, Console(file=io.StringIO()))
+    outcome = RoundOutcome(1, "train", trained=[record(1, eps=2.0), record(2, eps=4.0)],
+                           refused=[record(3, kind="refused")], failed=[(4, "no reply")],
+                           aggregated=True)
+    reporter.train_round_done(outcome)
+    reporter.evaluate_round_done(RoundOutcome(1, "evaluate", metrics={"eval-accuracy": 0.5}))
+    reporter.end_round(1, {"loss": 0.25, "accuracy": 0.8})
+    row = json.loads((tmp_path / "metrics.json").read_text())["rounds"][0]
+    assert {k: row[k] for k in ("round", "trained", "refused", "failed", "accuracy",
+                                "fed_accuracy", "epsilon_max", "epsilon_mean", "aggregated")} == {
+        "round": 1, "trained": 2, "refused": 1, "failed": 1, "accuracy": 0.8,
+        "fed_accuracy": 0.5, "epsilon_max": 4.0, "epsilon_mean": 3.0, "aggregated": True}
+    assert row["failures"] == [{"node": 4, "why": "no reply"}]
 
 
 class FakeGrid:
@@ -171,7 +268,7 @@ def test_dropped_and_silent_nodes_are_named_and_the_round_goes_on(tmp_path, monk
 
     monkeypatch.setattr("flwr.serverapp.strategy.fedavg.sample_nodes",
                         lambda grid, min_available, size: (grid.nodes, grid.nodes))
-    s = strategy(tmp_path)
+    s, seen = strategy(tmp_path)
     sent = list(s.configure_train(1, to_record(ZERO), ConfigRecord({"lr": 1.0}),
                                   FakeGrid([1, 2, 3, 4])))
     for i, msg in enumerate(sent):  # what the grid does when it pushes them
@@ -189,7 +286,7 @@ def test_dropped_and_silent_nodes_are_named_and_the_round_goes_on(tmp_path, monk
                unavailable]  # node 4 never answers
     arrays, _ = s.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays["w"].numpy(), [2.0, 2.0])
-    assert dict(s.rounds[1].failed) == {3: f"error 5: {NODE_UNAVAILABLE_ERROR_REASON}",
+    assert dict(seen.rounds[1].failed) == {3: f"error 5: {NODE_UNAVAILABLE_ERROR_REASON}",
                                         4: "no reply before the round timeout"}
     assert {r["received_from"] for r in ledger_rows(tmp_path)} == {1, 2}
     assert module.LEDGER_HEAD_KEY in sent[0].content["config"]
@@ -197,7 +294,7 @@ def test_dropped_and_silent_nodes_are_named_and_the_round_goes_on(tmp_path, monk
 
 def test_resumed_rounds_are_numbered_on_and_repeated_entries_are_written_once(tmp_path):
     first = make_entry(record(1, server_round=3), None, GENESIS, KEYS[1])
-    s = strategy(tmp_path, first_round=4)
+    s, seen = strategy(tmp_path, first_round=4)
     # Node 1 re-sends round 3 (never received) before its round-4 entry.
     again = reply(1, w(1.0, 1.0), server_round=4, earlier=[first],
                   prev=entry_hash(first))
@@ -205,10 +302,10 @@ def test_resumed_rounds_are_numbered_on_and_repeated_entries_are_written_once(tm
     assert arrays is not None and checkpoint_path(tmp_path, 4).exists()
     s.aggregate_train(1, [again])  # the same reply once more: nothing new to write
     assert [r["record"]["round"] for r in ledger_rows(tmp_path)] == [3, 4]
-    assert s.ledger.heads[1] == entry_hash(entry_of_message(again))
-    stale = strategy(tmp_path / "stale", first_round=4)
+    assert seen.ledger.heads[1] == entry_hash(entry_of_message(again))
+    stale, stale_seen = strategy(tmp_path / "stale", first_round=4)
     assert stale.aggregate_train(1, [reply(1, w(1.0, 1.0), server_round=2)])[0] is None
-    assert "round 2" in stale.rounds[4].rejected[0][1]
+    assert "round 2" in stale_seen.rounds[4].rejected[0][1]
 
 
 def test_a_damaged_checkpoint_is_set_aside_and_the_one_before_is_used(tmp_path, caplog):
