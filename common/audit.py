@@ -230,7 +230,8 @@ def _audit_node(group: Sequence[LedgerLine], names: Mapping[str, str],
         if recomputable:
             prv, rdp = _recompute(phases, rec["delta"], fail)
             _check_claim(rec, prv, rdp, tolerance, fail)
-        _check_budget(rec, rec["epsilon"], prv if rec["accountant"] == "prv" else rdp, fail)
+        _check_record_budget(rec, rec["epsilon"], prv if rec["accountant"] == "prv" else rdp,
+                             fail)
         s.points.append(RoundPoint(where=ln.where, round=rec["round"], kind=rec["kind"],
                                    steps=steps, total_steps=rec["total_steps"],
                                    claimed=rec["epsilon"], prv=prv, rdp=rdp,
@@ -305,7 +306,7 @@ def _check_claim(rec: Mapping[str, Any], prv: float | None, rdp: float | None,
              f"{recomputed:.4f} for this node's train records so far (delta {rec['delta']:g})")
 
 
-def _check_budget(rec: Mapping[str, Any], claimed: float, recomputed: float | None,
+def _check_record_budget(rec: Mapping[str, Any], claimed: float, recomputed: float | None,
                   fail: Any) -> None:
     budget = rec["epsilon_budget"]
     limit = budget * (1 + BUDGET_SLACK)
