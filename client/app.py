@@ -12,12 +12,15 @@ import json
 import logging
 import time
 from dataclasses import replace
+from typing import Protocol
 
+import numpy as np
 import opacus
 import torch
 from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
-from torch.utils.data import DataLoader
+from opacus import PrivacyEngine
+from torch.utils.data import DataLoader, TensorDataset
 
 from client.node import NodeFiles, PrivacyState, budget_of, local_data, node_index
 from client.outbox import Outbox, Outgoing
@@ -35,7 +38,14 @@ from common.model import (
     pick_device,
     trainable_state,
 )
-from common.training import evaluate, make_optimizer, train_steps
+from common.training import (
+    LocalSchedule,
+    TrainOutcome,
+    evaluate,
+    local_schedule,
+    make_optimizer,
+    train_steps,
+)
 from common.wire import LEDGER_HEAD_KEY, LEDGER_RUN_KEY, entry_recorddict, from_record, to_record
 
 app = ClientApp()
@@ -70,14 +80,16 @@ class NodeRound:
         load_trainable_state(self.model, self.received)
         self.model.to(self.device)
 
-    def dataset(self, rows: LabelledTexts):
+    def dataset(self, rows: LabelledTexts) -> TensorDataset:
+        """`rows` as the model's fixed-length tensors."""
         return encode(rows, self.tokenizer, self.cfg.model.max_length)
 
     def seed(self) -> int:
+        """Torch's seed for this node and round: reproducible runs, distinct draws."""
         index = node_index(self.context)
         return self.cfg.train.seed * 1_000_003 + index * 1_009 + self.server_round
 
-    def record(self, kind: str, **fields) -> PrivacyRecord:
+    def record(self, kind: str, **fields: object) -> PrivacyRecord:
         """This node's record for the round, from its plan and accountant history."""
         run_id = self.run_id
         p = self.state.plan(run_id)
@@ -95,8 +107,8 @@ class NodeRound:
                                                       p.accountant))
         return PrivacyRecord(**{**base, **fields})
 
-    def reply(self, record: PrivacyRecord, metrics: dict | None = None,
-              sent: dict | None = None) -> Message:
+    def reply(self, record: PrivacyRecord, metrics: dict[str, float] | None = None,
+              sent: dict[str, np.ndarray] | None = None) -> Message:
         """Sign the record into the node's ledger and answer with it.
 
         The signed reply goes to the outbox before the ledger: a node killed in between
@@ -140,7 +152,11 @@ class NodeRound:
         return None
 
     def message(self, reply: Outgoing) -> Message:
-        # Entries the server has not acknowledged (after its ledger head) travel along.
+        """The Flower message carrying a signed reply.
+
+        Entries the server has not acknowledged (after its ledger head) travel along,
+        so a coordinator that lost replies still gets every record of this node.
+        """
         mine = entry_hash(reply.entry)
         earlier = []
         for entry in self.ledger.after(self.ledger_head, self.run_id):
@@ -155,62 +171,143 @@ class NodeRound:
         return Message(content=content, reply_to=self.msg)
 
 
+class RoundTraining(Protocol):
+    """How one train round is run: DP-SGD, or the non-private baseline.
+
+    The two differ only in these steps; `train` runs everything else once, the same way.
+    """
+
+    steps: int  # optimizer steps this round
+
+    def refusal(self) -> str | None:
+        """Why this node will not train this round, or None."""
+
+    def prepare(self, train_set: TensorDataset, optimizer: torch.optim.Optimizer
+                ) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader]:
+        """The model, optimizer and loader to train with."""
+
+    def record(self, outcome: TrainOutcome) -> PrivacyRecord:
+        """The round's record, once the steps taken are accounted for."""
+
+
+class PrivateTraining:
+    """DP-SGD for one round: the node's privacy decisions, in the order they are taken.
+
+    1. The plan (sigma, q, steps per round) is fixed on the node's first round of the run
+       and stored; later rounds reuse it, so the noise never drops below what the budget
+       was planned for.
+    2. A round that would take the node past its budget is refused before training.
+    3. Opacus trains with Poisson sampling at the plan's q, its accountant resuming the
+       node's whole history.
+    4. The steps taken are saved before anything is sent, and Opacus must have counted
+       the same steps: the record's epsilon is that of what really ran.
+    """
+
+    engine: PrivacyEngine  # set by prepare(); its accountant counts the steps run
+
+    def __init__(self, node: NodeRound, schedule: LocalSchedule) -> None:
+        """1. The run's stored plan, or on its first round a new one, stored at once."""
+        plan = node.state.plan(node.run_id)
+        if plan is None:
+            cfg = node.cfg
+            plan = privacy.plan(cfg.privacy, budget=node.budget.epsilon, delta=node.budget.delta,
+                                sample_rate=schedule.sample_rate,
+                                steps_per_round=schedule.steps_per_round,
+                                planned_rounds=cfg.federation.num_rounds)
+            node.state.set_plan(node.run_id, plan)
+            node.state.save(node.files.state)
+        self.node, self.plan = node, plan
+        self.steps = plan.steps_per_round
+
+    def refusal(self) -> str | None:
+        """2. The budget check: one more round of the plan must fit the node's budget."""
+        try:
+            privacy.next_round_epsilon(self.node.state.history(), self.plan)
+        except privacy.BudgetExhausted as exc:
+            return str(exc)
+        return None
+
+    def prepare(self, train_set: TensorDataset, optimizer: torch.optim.Optimizer
+                ) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader]:
+        """3. Opacus's clipping, noise and Poisson loader at the plan's settings."""
+        # Not shuffled: make_private swaps the sampler for Poisson sampling at
+        # 1 / len(loader), and checks that rate against the plan's.
+        loader = DataLoader(train_set, batch_size=self.node.cfg.train.batch_size)
+        self.engine, model, optimizer, loader = privacy.make_private(
+            self.node.model, optimizer, loader, self.plan, self.node.state.history())
+        return model, optimizer, loader
+
+    def record(self, outcome: TrainOutcome) -> PrivacyRecord:
+        """4. Save the spend, cross-check it with Opacus's accountant, and record it."""
+        node, plan = self.node, self.plan
+        # Saved before the reply exists: a node killed after training still counts it.
+        node.state.add_steps(node.run_id, plan.noise_multiplier, plan.sample_rate, outcome.steps)
+        node.state.save(node.files.state)
+        if sum(n for *_, n in privacy.history_of(self.engine)) != sum(
+                n for *_, n in node.state.history()):
+            raise RuntimeError("Opacus counted other steps than the node's state: not sending")
+        return node.record("train", steps=outcome.steps)
+
+
+class BaselineTraining:
+    """Training without DP: a researcher's baseline, refused by any node with a budget."""
+
+    def __init__(self, node: NodeRound, schedule: LocalSchedule) -> None:
+        self.node = node
+        self.steps = schedule.steps_per_round
+
+    def refusal(self) -> str | None:
+        """A node that declared a budget trains with DP-SGD or not at all."""
+        if self.node.budget.declared:
+            return "non-private training requested; this node accepts DP-SGD only"
+        return None
+
+    def prepare(self, train_set: TensorDataset, optimizer: torch.optim.Optimizer
+                ) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader]:
+        """The model and optimizer as they are, over shuffled epochs of the rows."""
+        loader = DataLoader(train_set, batch_size=self.node.cfg.train.batch_size, shuffle=True)
+        return self.node.model, optimizer, loader
+
+    def record(self, outcome: TrainOutcome) -> PrivacyRecord:
+        """No mechanism, no guarantee: the record says epsilon is infinite."""
+        return self.node.record("train", steps=outcome.steps, total_steps=outcome.steps,
+                                epsilon=float("inf"))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    """Train one round on this node's rows; answer with the update and its signed record.
+
+    A repeated request gets the reply already signed; a refused round sends no update.
+    """
     node = NodeRound(msg, context, "train")
     answered = node.replay()
     if answered is not None:
         return answered
-    cfg, run_id = node.cfg, node.run_id
+    cfg = node.cfg
     train_set = node.dataset(node.train_rows)
-    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True)
-    steps = cfg.train.local_steps or cfg.train.local_epochs * len(loader)
-    metrics: dict[str, float] = {"num-examples": len(train_set)}
-
-    if not cfg.privacy.dp:
-        if node.budget.declared:
-            return node.reply(node.record("refused", reason="non-private training requested; "
-                                          "this node accepts DP-SGD only"))
-        torch.manual_seed(node.seed())
-        outcome = train_steps(node.model, make_optimizer(node.model, cfg.train.learning_rate),
-                              loader, steps, node.device)
-        if cfg.privacy.report_train_loss:
-            metrics["train-loss"] = outcome.mean_loss
-        return node.reply(node.record("train", steps=steps, total_steps=steps,
-                                      epsilon=float("inf")), metrics,
-                          trainable_state(node.model))
-
-    plan = node.state.plan(run_id)
-    if plan is None:
-        plan = privacy.plan(cfg.privacy, budget=node.budget.epsilon, delta=node.budget.delta,
-                            sample_rate=1 / len(loader), steps_per_round=steps,
-                            planned_rounds=cfg.federation.num_rounds)
-        node.state.set_plan(run_id, plan)
-        node.state.save(node.files.state)
-    try:
-        privacy.next_round_epsilon(node.state.history(), plan)
-    except privacy.BudgetExhausted as exc:
-        log.warning("node %s refuses round %s: %s", context.node_id, node.server_round, exc)
-        return node.reply(node.record("refused", reason=str(exc)))
-
+    schedule = local_schedule(len(train_set), cfg.train)
+    mode: RoundTraining = (PrivateTraining(node, schedule) if cfg.privacy.dp
+                           else BaselineTraining(node, schedule))
+    reason = mode.refusal()
+    if reason is not None:
+        log.warning("node %s refuses round %s: %s", context.node_id, node.server_round, reason)
+        return node.reply(node.record("refused", reason=reason))
+    # Per node and round: Poisson sampling, noise and shuffling all draw from torch's generator.
     torch.manual_seed(node.seed())
-    engine, dp_model, dp_optimizer, dp_loader = privacy.make_private(
-        node.model, make_optimizer(node.model, cfg.train.learning_rate),
-        DataLoader(train_set, batch_size=cfg.train.batch_size), plan, node.state.history())
-    outcome = train_steps(dp_model, dp_optimizer, dp_loader, plan.steps_per_round, node.device)
-    node.state.add_steps(run_id, plan.noise_multiplier, plan.sample_rate, outcome.steps)
-    node.state.save(node.files.state)
-    if sum(n for *_, n in privacy.history_of(engine)) != sum(
-            n for *_, n in node.state.history()):
-        raise RuntimeError("Opacus counted other steps than the node's state: not sending")
+    model, optimizer, loader = mode.prepare(
+        train_set, make_optimizer(node.model, cfg.train.learning_rate))
+    outcome = train_steps(model, optimizer, loader, mode.steps, node.device)
+    record = mode.record(outcome)
+    metrics: dict[str, float] = {"num-examples": len(train_set)}
     if cfg.privacy.report_train_loss:
         metrics["train-loss"] = outcome.mean_loss
-    return node.reply(node.record("train", steps=outcome.steps), metrics,
-                      trainable_state(node.model))
+    return node.reply(record, metrics, trainable_state(node.model))
 
 
 @app.evaluate()
 def evaluate_global(msg: Message, context: Context) -> Message:
+    """Evaluate the received model on this node's held-out rows, with a signed record."""
     node = NodeRound(msg, context, "evaluate")
     answered = node.replay()
     if answered is not None:

@@ -35,6 +35,8 @@ STATE_DIR_KEY = "state-dir"
 
 @dataclass(frozen=True)
 class NodeBudget:
+    """The (epsilon, delta) this node accepts to spend over all its training."""
+
     epsilon: float
     delta: float
     # True when the node itself declared a budget (deployment): it then also refuses
@@ -43,6 +45,10 @@ class NodeBudget:
 
 
 def budget_of(cfg: RunConfig, node_config: dict) -> NodeBudget:
+    """The coordinator's (epsilon, delta), lowered to the node's own where it set them.
+
+    The node's settings only ever lower the budget, never raise it.
+    """
     epsilon, delta = cfg.privacy.epsilon, cfg.privacy.delta
     declared = MAX_EPSILON_KEY in node_config
     if declared:
@@ -108,6 +114,11 @@ class NodeFiles:
 
     @classmethod
     def of(cls, cfg: RunConfig, context: Context) -> NodeFiles:
+        """Where the node's files live.
+
+        Node-config `state-dir` when set; a simulated node's folder in the run dir;
+        else ~/.fedpriv/node.
+        """
         node_config = context.node_config
         if STATE_DIR_KEY in node_config:
             return cls(Path(str(node_config[STATE_DIR_KEY])).expanduser())
@@ -117,11 +128,16 @@ class NodeFiles:
         return cls(Path.home() / ".fedpriv" / "node")
 
     def signing_key(self) -> Ed25519PrivateKey:
+        """The key the node signs its ledger with, created (with its public half) on first use."""
         if not self.key.exists():
             return create_signing_key(self.key, self.public_key)
         return load_private_key(self.key)
 
     def data_salt(self) -> bytes:
+        """The secret salt of the node's data commitment, created once and never replaced.
+
+        Salted, the commitment cannot be checked against guessed data by anyone else.
+        """
         if not self.salt.exists():
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.salt, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -142,6 +158,7 @@ class PrivacyState:
 
     @classmethod
     def load(cls, path: Path) -> PrivacyState:
+        """The state saved at `path`, empty for a new node; a corrupt one is never reset."""
         if not path.exists():
             return cls()
         try:
@@ -152,16 +169,20 @@ class PrivacyState:
                               ) from None
 
     def save(self, path: Path) -> None:
+        """Write atomically: a crash mid-write leaves the previous spend, not a torn file."""
         write_atomic(path, json.dumps({"runs": self.runs}, indent=1).encode())
 
     def plan(self, run_id: int) -> PrivacyPlan | None:
+        """The plan fixed on the run's first round, or None before it."""
         saved = self.runs.get(str(run_id), {}).get("plan")
         return PrivacyPlan(**saved) if saved else None
 
     def set_plan(self, run_id: int, plan: PrivacyPlan) -> None:
+        """Store the run's plan (done once, on its first round)."""
         self.runs.setdefault(str(run_id), {"history": []})["plan"] = plan.to_dict()
 
     def run_history(self, run_id: int) -> History:
+        """The phases of one run (the record's total_steps counts those)."""
         return [tuple(h) for h in self.runs.get(str(run_id), {}).get("history", [])]
 
     def history(self) -> History:
@@ -169,6 +190,7 @@ class PrivacyState:
         return [tuple(h) for run in self.runs.values() for h in run.get("history", [])]
 
     def add_steps(self, run_id: int, sigma: float, q: float, steps: int) -> None:
+        """Count `steps` more steps at (sigma, q), merged into the last phase as Opacus does."""
         history = self.runs.setdefault(str(run_id), {"history": []})["history"]
         if history and history[-1][:2] == [sigma, q]:
             history[-1][2] += steps

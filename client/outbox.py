@@ -28,6 +28,8 @@ KEEP = 3
 
 @dataclass(frozen=True)
 class Outgoing:
+    """A signed reply as it was sent: enough to send it again unchanged."""
+
     run_id: int
     round: int
     kind: str
@@ -38,10 +40,13 @@ class Outgoing:
 
 
 class Outbox:
+    """The node's stored replies: one safetensors file per kind and round."""
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
     def path(self, kind: str, server_round: int) -> Path:
+        """Where the reply of `kind` for `server_round` is kept."""
         return self.directory / f"{kind}-{server_round:05d}.safetensors"
 
     def _rounds(self, kind: str) -> list[Path]:
@@ -49,6 +54,7 @@ class Outbox:
             if self.directory.is_dir() else []
 
     def save(self, reply: Outgoing) -> None:
+        """Keep `reply` (readable by the node's user only), dropping older runs' and rounds'."""
         header = {"run_id": reply.run_id, "round": reply.round, "kind": reply.kind,
                   "model_in": reply.model_in, "entry": reply.entry, "metrics": reply.metrics,
                   "names": list(reply.arrays) if reply.arrays is not None else None}

@@ -9,9 +9,40 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.config import TrainConfig
+from common.errors import DataError
+
+
+@dataclass(frozen=True)
+class LocalSchedule:
+    """How a node samples and how long it trains in one round.
+
+    `sample_rate` is what Opacus's Poisson loader uses (1 / its source loader's length)
+    and what the accountant is fed, so the plan, the loader and the audit agree.
+    """
+
+    sample_rate: float
+    steps_per_round: int
+
+
+def local_schedule(num_examples: int, train: TrainConfig) -> LocalSchedule:
+    """The schedule of a node with `num_examples` training rows under `train`.
+
+    The one place this is derived: the node plans its noise with it, and the simulation's
+    preflight checks the same plan before anything starts. `batches` is the length of a
+    `DataLoader(batch_size=train.batch_size)` over the rows (drop_last off).
+    """
+    if num_examples < 1:
+        raise DataError("this node has no training examples: give it a data file with rows")
+    batches = math.ceil(num_examples / train.batch_size)
+    return LocalSchedule(sample_rate=1 / batches,
+                         steps_per_round=train.local_steps or train.local_epochs * batches)
+
 
 @dataclass(frozen=True)
 class TrainOutcome:
+    """What a round of local training did; `mean_loss` leaves the node only if asked."""
+
     steps: int
     examples: int
     mean_loss: float
@@ -62,6 +93,7 @@ WEIGHT_DECAY = 0.01
 
 
 def make_optimizer(model: torch.nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable weights only (frozen ones never leave the node)."""
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
                              betas=ADAM_BETAS, weight_decay=WEIGHT_DECAY)
 

@@ -19,7 +19,7 @@ from flwr.supercore.telemetry import EventType
 
 from client.app import app as client_app
 from common.config import RunConfig
-from common.errors import ConfigError
+from common.errors import ConfigError, require
 from common.files import blocking_file
 from common.net import split_host_port, unreachable
 from server.app import app as server_app
@@ -36,27 +36,22 @@ class SimulationResources:
 
     def __post_init__(self) -> None:
         """Refuse what Ray could never schedule (it would wait forever) before it starts."""
-        if self.num_clients < 1:
-            raise ConfigError(f"invalid --num-clients {self.num_clients}: must be >= 1")
-        if not (math.isfinite(self.client_cpus) and self.client_cpus > 0):
-            raise ConfigError(f"invalid --client-cpus {self.client_cpus}: must be a finite "
-                              "number > 0")
-        if not (math.isfinite(self.client_gpus) and self.client_gpus >= 0):
-            raise ConfigError(f"invalid --client-gpus {self.client_gpus}: must be a finite "
-                              "number >= 0")
+        require(self.num_clients >= 1, "--num-clients", self.num_clients, "must be >= 1")
+        require(math.isfinite(self.client_cpus) and self.client_cpus > 0, "--client-cpus",
+                self.client_cpus, "must be a finite number > 0")
+        require(math.isfinite(self.client_gpus) and self.client_gpus >= 0, "--client-gpus",
+                self.client_gpus, "must be a finite number >= 0")
         if self.ray_address not in ("", "local"):
             return  # a cluster's resources are Ray's to judge
         cpus = os.cpu_count() or 1
-        if self.client_cpus > cpus:
-            raise ConfigError(f"invalid --client-cpus {self.client_cpus:g}: this machine has "
-                              f"{cpus} CPU cores, so no client could ever start")
+        require(self.client_cpus <= cpus, "--client-cpus", self.client_cpus,
+                f"this machine has {cpus} CPU cores, so no client could ever start")
         if self.client_gpus > 0:
             import torch
 
             gpus = torch.cuda.device_count()
-            if self.client_gpus > gpus:
-                raise ConfigError(f"invalid --client-gpus {self.client_gpus:g}: this machine "
-                                  f"has {gpus} CUDA GPUs, so no client could ever start")
+            require(self.client_gpus <= gpus, "--client-gpus", self.client_gpus,
+                    f"this machine has {gpus} CUDA GPUs, so no client could ever start")
 
     def backend_config(self) -> dict:
         init_args: dict = {"ignore_reinit_error": True}
@@ -180,17 +175,17 @@ def check_epsilon_reachable(cfg: RunConfig, partition_sizes: list[int]) -> None:
     from client.node import LOCAL_EVAL_FRACTION
     from common.data import LabelledTexts, split
     from common.privacy import epsilon
+    from common.training import local_schedule
 
     sigma = 20.0
     while sigma <= MAX_SIGMA:
         sigma *= 2
     plans = set()
-    for size in partition_sizes:  # the client's own split and loader, as client/app.py
+    for size in partition_sizes:  # the client's own split and schedule, as client/app.py
         rows = LabelledTexts([""] * size, [0] * size, ())
         train, _ = split(rows, LOCAL_EVAL_FRACTION, cfg.train.seed)
-        batches = math.ceil(len(train) / cfg.train.batch_size)
-        steps = cfg.train.local_steps or cfg.train.local_epochs * batches
-        plans.add((1 / batches, steps * cfg.federation.num_rounds))
+        schedule = local_schedule(len(train), cfg.train)
+        plans.add((schedule.sample_rate, schedule.steps_per_round * cfg.federation.num_rounds))
     with warnings.catch_warnings():  # PRV's numerics warn at such a sigma; the value holds
         warnings.simplefilter("ignore")
         floor = max(epsilon([(sigma, q, steps)], priv.delta, priv.accountant)

@@ -74,6 +74,19 @@ def test_node_with_a_budget_refuses_non_private_training(tiny_cfg, small_csv, tm
     assert rec.kind == "refused" and "DP-SGD only" in rec.reason
 
 
+def test_non_private_baseline_records_no_mechanism_and_infinite_epsilon(
+        tiny_cfg, small_csv, tmp_path):
+    """Without a declared budget the baseline trains, and its record claims no guarantee."""
+    context = node_context({"data-path": str(small_csv)}, tmp_path / "n")
+    reply = train(train_message(tiny_cfg.replace(dp=False), 1), context)
+    rec = record_of(reply)
+    assert (rec.kind, rec.mechanism, rec.noise_multiplier) == ("train", "none", 0.0)
+    assert rec.epsilon == float("inf") and rec.steps == rec.total_steps == 2
+    assert "arrays" in reply.content.array_records
+    # Nothing was spent against a DP budget: the node's accountant history stays empty.
+    assert PrivacyState.load(NodeFiles(tmp_path / "n").state).history() == []
+
+
 def test_coordinator_cannot_point_a_deployed_node_at_data(tiny_cfg, tmp_path):
     cfg = tiny_cfg.replace(**{"data-path": str(tmp_path / "elsewhere.csv")})
     with pytest.raises(ConfigError, match="this node has no data"):

@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
-from torch.utils.data import DataLoader
+from opacus.data_loader import DPDataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from common import privacy
-from common.config import PrivacyConfig, RunConfig
+from common.config import PrivacyConfig, RunConfig, TrainConfig
 from common.data import encode, load_labelled_texts, subsample
+from common.errors import DataError
 from common.model import build_model, load_tokenizer, trainable_state
-from common.training import train_steps
+from common.training import LocalSchedule, local_schedule, train_steps
 
 CPU = torch.device("cpu")
 
@@ -99,6 +101,25 @@ def test_epsilon_equals_opacus_accountant_for_the_same_mechanism(dataset, accoun
         reference.step(noise_multiplier=1.1, sample_rate=plan.sample_rate)
     assert privacy.epsilon(history, 1e-5, name) == pytest.approx(
         reference.get_epsilon(delta=1e-5), rel=1e-9)
+
+
+@pytest.mark.parametrize("examples, batch", [(1, 8), (7, 8), (8, 8), (9, 8), (180, 8),
+                                             (96, 32), (97, 32), (1000, 64)])
+def test_local_schedule_is_the_loader_opacus_samples_from(examples, batch):
+    """Sample rate 1/len(loader) and steps per epoch len(loader), for a real DataLoader."""
+    loader = DataLoader(TensorDataset(torch.zeros(examples)), batch_size=batch)
+    by_epochs = local_schedule(examples, TrainConfig(batch_size=batch, local_epochs=3))
+    assert by_epochs == LocalSchedule(sample_rate=1 / len(loader),
+                                      steps_per_round=3 * len(loader))
+    # The rate the accountant is fed is the rate Opacus's Poisson loader samples at.
+    assert DPDataLoader.from_data_loader(loader).sample_rate == by_epochs.sample_rate
+    by_steps = local_schedule(examples, TrainConfig(batch_size=batch, local_steps=5))
+    assert by_steps == LocalSchedule(sample_rate=1 / len(loader), steps_per_round=5)
+
+
+def test_local_schedule_refuses_a_node_without_training_rows():
+    with pytest.raises(DataError, match="no training examples"):
+        local_schedule(0, TrainConfig())
 
 
 @pytest.mark.parametrize("accountant", ["prv", "rdp"])
