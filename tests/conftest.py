@@ -1,8 +1,8 @@
-"""Shared fixtures: a tiny config-built model, small real data files, Flower messages."""
+"""Shared fixtures: a tiny config-built model, data files made once per session, and the
+input files of the CLI refusal tests. Helpers themselves live in `tests/helpers/`."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -11,15 +11,16 @@ from common.environment import offline_and_quiet
 
 offline_and_quiet()  # before the libraries below read their settings
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from common.config import RunConfig  # noqa: E402
-from common.data import EMBEDDED_LABELS, load_labelled_texts, subsample  # noqa: E402
-from common.ledger.entry import record_of_entry  # noqa: E402
-from common.ledger.record import PrivacyRecord  # noqa: E402
-from common.model import build_model, trainable_state  # noqa: E402
-from common.wire import entry_of_message, to_record  # noqa: E402
+from common.data import EMBEDDED_LABELS  # noqa: E402
+from tests.helpers.data import embedded_rows, write_bad_data_files, write_csv  # noqa: E402
+from tests.helpers.messages import node_context, record_of, train_message  # noqa: E402, F401
+from tests.helpers.pki import make_pki  # noqa: E402
+
+# node_context, record_of and train_message are only re-exported: test_client.py still
+# imports them from here. Their home is tests/helpers/messages.py.
 
 
 @pytest.fixture(autouse=True)
@@ -37,37 +38,46 @@ def tiny_cfg() -> RunConfig:
         "labels": ",".join(EMBEDDED_LABELS)})
 
 
-def write_csv(path: Path, rows: list[tuple[str, str]], header=("text", "label")) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory) -> Path:
+    """200 real labelled tweets from the embedded set, re-saved as a partner's UTF-8 CSV.
+
+    Written once per session and shared: a test that changes the file must work on its
+    own copy.
+    """
+    return write_csv(tmp_path_factory.mktemp("data") / "partner.csv", embedded_rows(200))
+
+
+def _ed25519_public_key(path: Path) -> None:
+    """An OpenSSH public key of a kind Flower's node authentication does not use."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    path.write_bytes(ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+
+
+@pytest.fixture(scope="session")
+def cli_files(tmp_path_factory) -> Path:
+    """For the CLI refusal tests: a good data file and every kind of bad one, a file
+    where a folder belongs (note.txt), and a PKI folder (pki/: CA, server, node alice).
+
+    Shared by the whole session: tests only read it, or compare digests around a command.
+    """
+    d = tmp_path_factory.mktemp("cli-files")
+    write_bad_data_files(d)
+    (d / "note.txt").write_text("a file, not a folder")
+    _ed25519_public_key(d / "ed25519.pub")
+    make_pki(d / "pki", ["alice"])
+    return d
 
 
 @pytest.fixture
-def small_csv(tmp_path: Path) -> Path:
-    """200 real labelled tweets from the embedded set, re-saved as a partner's UTF-8 CSV."""
-    data = subsample(load_labelled_texts(RunConfig().data), 200, seed=3)
-    rows = [(t, data.label_names[y]) for t, y in zip(data.texts, data.labels, strict=True)]
-    return write_csv(tmp_path / "partner.csv", rows)
+def no_simulation(monkeypatch):
+    """Fail at once if a command gets as far as starting Flower's simulation engine."""
+    import simulations.run
 
+    def started(*args, **kwargs):
+        raise AssertionError("the simulation started: the bad input was not refused up front")
 
-def train_message(cfg: RunConfig, server_round: int, node_id: int = 7,
-                  message_type: str = "train") -> Message:
-    model = build_model(cfg.model, cfg.data.label_names, cfg.train.seed)
-    content = RecordDict({"arrays": to_record(trainable_state(model)),
-                          "config": ConfigRecord({**cfg.to_flat(), "server-round": server_round})})
-    return Message(content=content, dst_node_id=node_id, message_type=message_type)
-
-
-def node_context(node_config: dict, state_dir: Path, node_id: int = 7) -> Context:
-    """A deployed node's context; its files (key, ledger, spend) live in `state_dir`."""
-    return Context(run_id=1, node_id=node_id,
-                   node_config={"state-dir": str(state_dir), **node_config},
-                   state=RecordDict(), run_config={})
-
-
-def record_of(reply: Message) -> PrivacyRecord:
-    """The privacy record a reply carries, after checking its signature."""
-    return record_of_entry(entry_of_message(reply))
+    monkeypatch.setattr(simulations.run, "_run_simulation", started)

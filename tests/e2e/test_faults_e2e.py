@@ -7,87 +7,28 @@ nothing gets to clean up, as when a machine loses power.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from common.audit import audit
+from common.data import EMBEDDED_LABELS
 from server.checkpoint import checkpoint_path, saved_rounds
-from tests.e2e.test_deploy_e2e import (
-    FEDPRIV,
+from tests.helpers.data import write_partner_csvs
+from tests.helpers.deploy import (
     TINY_RUN,
-    Proc,
     assert_model_changed,
+    assert_nothing_lost,
     client_args,
-    descendants,
-    free_port,
-    ledger_lines,
-    make_pki,
     node_ids,
-    processes,
+    rounds_reported,
+    server_args,
     server_records,
-    signed_part,
-    start,
-    write_partner_csvs,
 )
+from tests.helpers.pki import make_pki
+from tests.helpers.processes import crash, free_port, processes, start, wait_until
 
 pytestmark = pytest.mark.e2e
-
-
-def crash(proc: Proc) -> None:
-    """SIGKILL the process and everything it started, at once."""
-    family = [proc.popen.pid, *descendants(proc.popen.pid)]
-    for pid in family:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.popen.wait(10)
-
-
-def wait_until(condition, timeout: float, what: str, *procs: Proc) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            tails = "\n".join(p.tail() for p in procs)
-            raise AssertionError(f"timed out waiting for {what}\n{tails}")
-        time.sleep(0.5)
-
-
-def rounds_reported(run_dir: Path) -> int:
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        return max(row["round"] for row in
-                   json.loads((run_dir / "metrics.json").read_text())["rounds"])
-    return -1
-
-
-def server_args(pki: Path, port: int, state: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [*FEDPRIV, "server", "--certs-dir", str(pki), "--port", str(port),
-            "--state-dir", str(state), "--timeout", "400", *extra]
-
-
-def node_keys(pki: Path, names, tmp_path: Path) -> Path:
-    """The auditor's trusted keys: each node's ledger signing key, under its name."""
-    keys = tmp_path / "trusted"
-    keys.mkdir()
-    for name in names:
-        (keys / f"{name}.pub").write_bytes((tmp_path / f"node-{name}" / "signing.pub").read_bytes())
-    return keys
-
-
-def assert_nothing_lost(run_dir: Path, tmp_path: Path, pki: Path, ids: dict[str, int]) -> None:
-    """Each node's own ledger is exactly what the server holds for it, and it all audits."""
-    server_lines = ledger_lines(run_dir / "ledger.jsonl")
-    for name, node_id in ids.items():
-        own = ledger_lines(tmp_path / f"node-{name}" / "ledger.jsonl")
-        assert [signed_part(x) for x in own] == [
-            signed_part(x) for x in server_lines if x["record"]["node_id"] == node_id]
-    report = audit(run_dir / "ledger.jsonl", node_keys(pki, ids, tmp_path))
-    assert report.ok, [str(p) for p in report.failures]
 
 
 def test_a_node_killed_mid_round_is_left_out_recorded_and_rejoins(tmp_path):
@@ -103,7 +44,7 @@ def test_a_node_killed_mid_round_is_left_out_recorded_and_rejoins(tmp_path):
 
     with processes() as started:
         server = start(started, server_args(
-            pki, port, tmp_path / "coord", run_dir, *TINY_RUN, "--num-rounds", "3",
+            pki, port, tmp_path / "coord", *TINY_RUN, "--num-rounds", "3",
             # Every round asks all three (Flower samples max(min, fraction x online) nodes);
             # two updates are enough to aggregate.
             "--min-train-clients", "3", "--min-available-clients", "3", "--min-updates", "2",
@@ -130,7 +71,7 @@ def test_a_node_killed_mid_round_is_left_out_recorded_and_rejoins(tmp_path):
     assert round1["trained"] == 2 and round1["aggregated"]
     assert [f["node"] for f in round1["failures"]] == [carol]
     assert all(row["trained"] == 3 and not row["failures"] for row in metrics if row["round"] > 1)
-    assert_nothing_lost(run_dir, tmp_path, pki, ids)
+    assert_nothing_lost(run_dir, tmp_path, ids)
 
 
 def test_a_coordinator_killed_after_round_1_resumes_with_nothing_lost(tmp_path):
@@ -139,7 +80,7 @@ def test_a_coordinator_killed_after_round_1_resumes_with_nothing_lost(tmp_path):
     data = write_partner_csvs(tmp_path, names)
     port, run_dir = free_port(), tmp_path / "run"
     with processes() as started:
-        server = start(started, server_args(pki, port, tmp_path / "coord", run_dir, *TINY_RUN,
+        server = start(started, server_args(pki, port, tmp_path / "coord", *TINY_RUN,
                                             "--num-rounds", "3", "--run-dir", str(run_dir)),
                        tmp_path / "server.log")
         server.wait_for(r"started run \d+", 120)
@@ -153,26 +94,27 @@ def test_a_coordinator_killed_after_round_1_resumes_with_nothing_lost(tmp_path):
         assert not checkpoint_path(run_dir, 3).exists()
         # The kill also damaged the newest checkpoint: its last byte is flipped.
         newest = checkpoint_path(run_dir, saved_rounds(run_dir)[-1])
-        data = bytearray(newest.read_bytes())
-        data[-1] ^= 0xFF
-        newest.write_bytes(bytes(data))
-        resumed = start(started, server_args(pki, port, tmp_path / "coord", run_dir,
-                                             "--resume", str(run_dir)),
+        damaged = bytearray(newest.read_bytes())
+        damaged[-1] ^= 0xFF
+        newest.write_bytes(bytes(damaged))
+        resumed = start(started, server_args(pki, port, tmp_path / "coord", "--resume",
+                                             str(run_dir)),
                         tmp_path / "server-resumed.log")
         code = resumed.wait(400)
         assert code == 0, resumed.tail()
 
     log = " ".join(resumed.text().split())  # rich wraps long lines
     assert f"checkpoint {newest} is damaged" in log and "using the checkpoint before it" in log
-    assert newest.with_name(newest.name + ".corrupt").read_bytes() == bytes(data)  # kept
+    assert newest.with_name(newest.name + ".corrupt").read_bytes() == bytes(damaged)  # kept
     assert "resuming" in log
     ids = node_ids(server.text())
     rows = Counter((r.round, r.node_id) for r in server_records(run_dir) if r.kind == "train")
     assert rows == Counter({(r, ids[n]): 1 for r in (1, 2, 3) for n in names})
     assert {r.run_id for r in server_records(run_dir)} == {
         json.loads((run_dir / "run.json").read_text())["ledger_run"]}
-    assert (run_dir / "final_model" / "config.json").exists()
+    exported = json.loads((run_dir / "final_model" / "config.json").read_text())
+    assert sorted(exported["id2label"].values()) == sorted(EMBEDDED_LABELS)
     assert_model_changed(run_dir, 3)
-    assert_nothing_lost(run_dir, tmp_path, pki, ids)
+    assert_nothing_lost(run_dir, tmp_path, ids)
     assert [row["round"] for row in json.loads((run_dir / "metrics.json").read_text())["rounds"]
             ][-1] == 3

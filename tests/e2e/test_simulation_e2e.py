@@ -1,8 +1,10 @@
 """A whole federated DP run in Flower's simulation engine: tiny model, 2 clients, 2 rounds."""
 
+import csv
 import json
 from collections import defaultdict
 
+import matplotlib.image
 import numpy as np
 import pytest
 from transformers import pipeline
@@ -43,8 +45,13 @@ def test_simulation_trains_accounts_and_saves_a_usable_model(tmp_path, tiny_cfg)
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
     assert metrics["rounds"][2]["epsilon_max"] == max(
         r[-1].epsilon for r in per_node.values())
-    for name in ("metrics.csv", "accuracy.png", "epsilon.png"):
-        assert (run_dir / name).stat().st_size > 0
+    with open(run_dir / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(row["round"]) for row in rows] == [0, 1, 2]
+    assert float(rows[2]["epsilon_max"]) == pytest.approx(metrics["rounds"][2]["epsilon_max"])
+    for name in ("accuracy.png", "epsilon.png"):
+        height, width, _ = matplotlib.image.imread(run_dir / name).shape
+        assert height > 100 and width > 100, name
 
     # The ledger verifies independently: signatures, chains, epsilon recomputed (PRV, RDP).
     assert main(["audit", str(run_dir / "ledger.jsonl"), "--keys", str(run_dir / "node-keys"),

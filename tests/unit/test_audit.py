@@ -14,17 +14,16 @@ from common import privacy
 from common.audit import audit, compare_ledgers
 from common.ledger.entry import GENESIS, entry_hash, make_entry
 from common.ledger.keys import (
-    create_signing_key,
     generate_signing_key,
     load_private_key,
     load_trusted_keys,
 )
 from common.ledger.provenance import make_extra
 from common.ledger.record import PrivacyRecord
-from common.ledger.store import NodeLedger, append_received, read_entries
-from common.privacy import MECHANISM
+from common.ledger.store import append_received, read_entries
+from tests.helpers.records import SIGMA, STEPS, Q, node_ledgers, rewrite_lines, train_record
 
-SIGMA, Q, STEPS, ROUNDS, DELTA = 0.8, 0.03, 30, 3, 1e-5
+ROUNDS, DELTA = 3, 1e-5
 NODES = ("alice", "bob", "carol")
 
 # Our own PrivacyEngine below only counts steps; it never trains.
@@ -41,15 +40,13 @@ def opacus_epsilon(phases, delta: float, accountant: str) -> float:
     return float(engine.get_epsilon(delta))
 
 
-def train_record(node_id: int, round_: int, claimed: float, *, budget: float = 8.0,
-                 steps: int = STEPS, total: int | None = None,
-                 accountant: str = "prv") -> PrivacyRecord:
-    return PrivacyRecord(
-        run_id=7, round=round_, node_id=node_id, kind="train", mechanism=MECHANISM,
-        accountant=accountant, noise_multiplier=SIGMA, sample_rate=Q, steps=steps,
-        total_steps=STEPS * round_ if total is None else total, max_grad_norm=1.0,
-        delta=DELTA, epsilon=claimed, epsilon_budget=budget,
-        disclosed={"num_examples": 1200})
+def claim(node_id: int, round_: int, claimed: float, *, budget: float = 8.0,
+          total: int | None = None) -> PrivacyRecord:
+    """Node `node_id`'s train record for `round_` (STEPS steps at SIGMA, Q), claiming
+    epsilon `claimed` against `budget`; `total` overrides its total_steps."""
+    changes = {} if total is None else {"total_steps": total}
+    return train_record(round_, node_id, epsilon=claimed, epsilon_budget=budget,
+                        delta=DELTA, disclosed={"num_examples": 1200}, **changes)
 
 
 def run_federation(tmp: Path, *, budget: float = 8.0, lie_at: tuple[str, int] | None = None):
@@ -59,15 +56,12 @@ def run_federation(tmp: Path, *, budget: float = 8.0, lie_at: tuple[str, int] | 
     Returns the keys folder, each node's ledger path and the server's combined ledger.
     """
     server = tmp / "server.jsonl"
-    ledgers = {}
-    for name in NODES:
-        key = create_signing_key(tmp / "private" / f"{name}.pem", tmp / "keys" / f"{name}.pub")
-        ledgers[name] = NodeLedger(tmp / f"{name}.jsonl", key)
+    ledgers = node_ledgers(tmp, NODES)
     for r in range(1, ROUNDS + 1):
         claimed = opacus_epsilon([(SIGMA, Q, STEPS)] * r, DELTA, "prv")
         for node_id, name in enumerate(NODES, start=1):
             eps = claimed / 2 if lie_at == (name, r) else claimed
-            entry = ledgers[name].append(train_record(node_id, r, eps, budget=budget),
+            entry = ledgers[name].append(claim(node_id, r, eps, budget=budget),
                                          make_extra(model_in=f"{r:064x}"))
             append_received(server, entry, received_from=node_id)
     return tmp / "keys", {n: led.path for n, led in ledgers.items()}, server
@@ -80,11 +74,6 @@ def fed(tmp_path: Path):
 
 def cli(*argv: str) -> int:
     return main(["audit", *argv])
-
-
-def rewrite(path: Path, edit) -> None:
-    lines = [json.loads(x) for x in path.read_text().splitlines()]
-    path.write_text("".join(json.dumps(e) + "\n" for e in edit(lines)))
 
 
 def failures(report) -> str:
@@ -141,21 +130,19 @@ def test_node_over_its_budget_fails(tmp_path: Path) -> None:
 
 
 def test_total_steps_inconsistent_with_train_records_fails(tmp_path: Path) -> None:
-    key = create_signing_key(tmp_path / "a.pem", tmp_path / "keys" / "alice.pub")
-    ledger = NodeLedger(tmp_path / "alice.jsonl", key)
+    ledger = node_ledgers(tmp_path, ["alice"])["alice"]
     for r in (1, 2):
         eps = opacus_epsilon([(SIGMA, Q, STEPS)] * r, DELTA, "prv")
-        ledger.append(train_record(1, r, eps, total=STEPS * r + (5 if r == 2 else 0)))
+        ledger.append(claim(1, r, eps, total=STEPS * r + (5 if r == 2 else 0)))
     report = audit(ledger.path, tmp_path / "keys")
     assert "round 2: total_steps 65 but" in failures(report)
 
 
 def test_refused_round_is_accounted_without_steps(tmp_path: Path) -> None:
-    key = create_signing_key(tmp_path / "a.pem", tmp_path / "keys" / "alice.pub")
-    ledger = NodeLedger(tmp_path / "alice.jsonl", key)
+    ledger = node_ledgers(tmp_path, ["alice"])["alice"]
     eps = opacus_epsilon([(SIGMA, Q, STEPS)], DELTA, "prv")
-    ledger.append(train_record(1, 1, eps))
-    refused = train_record(1, 2, eps)
+    ledger.append(claim(1, 1, eps))
+    refused = claim(1, 2, eps)
     ledger.append(PrivacyRecord(**{**refused.__dict__, "kind": "refused", "steps": 0,
                                    "total_steps": STEPS, "reason": "budget exhausted"}))
     report = audit(ledger.path, tmp_path / "keys")
@@ -172,7 +159,7 @@ def test_changed_number_fails_naming_the_record(fed, capsys) -> None:
     def edit(es):
         es[4]["record"]["noise_multiplier"] = 1.6  # bob, round 2: a "stronger" noise claim
         return es
-    rewrite(server, edit)
+    rewrite_lines(server, edit)
     assert cli(str(server), "--keys", str(keys)) == 1
     assert f"{server}:5: node bob round 2: bad signature" in capsys.readouterr().out
 
@@ -183,7 +170,7 @@ def test_changed_number_fails_naming_the_record(fed, capsys) -> None:
 ], ids=["round-2-deleted", "bob-rounds-1-2-swapped"])
 def test_deleted_or_swapped_records_fail(fed, edit, node, round_, what) -> None:
     keys, _, server = fed
-    rewrite(server, edit)
+    rewrite_lines(server, edit)
     report = audit(server, keys)
     assert any(p.node == node and p.round == round_ and what in p.what
                for p in report.failures), failures(report)
@@ -192,7 +179,7 @@ def test_deleted_or_swapped_records_fail(fed, edit, node, round_, what) -> None:
 def test_record_signed_by_another_key_fails(fed, tmp_path: Path) -> None:
     keys, ledgers, server = fed
     mallory = generate_signing_key()  # not in the keys folder
-    entry = make_entry(train_record(1, 4, 0.1), None, last_hash(ledgers["alice"]), mallory)
+    entry = make_entry(claim(1, 4, 0.1), None, last_hash(ledgers["alice"]), mallory)
     append_received(server, entry, received_from=1)
     report = audit(server, keys)
     assert "not among the trusted keys" in failures(report)
@@ -205,7 +192,7 @@ def last_hash(path: Path) -> str:
 def test_record_appended_after_the_fact_fails(fed, tmp_path: Path) -> None:
     keys, ledgers, server = fed
     alice = load_private_key(tmp_path / "private" / "alice.pem")
-    late = make_entry(train_record(1, 4, 9.9), None, GENESIS, alice)
+    late = make_entry(claim(1, 4, 9.9), None, GENESIS, alice)
     append_received(server, late, received_from=1)
     report = audit(server, keys)
     assert any(p.node == "alice" and p.round == 4 and "broken chain" in p.what
@@ -214,7 +201,7 @@ def test_record_appended_after_the_fact_fails(fed, tmp_path: Path) -> None:
 
 def test_truncated_tail_is_caught_by_comparing_copies(fed, capsys) -> None:
     keys, ledgers, server = fed
-    rewrite(server, lambda es: es[:-1])  # carol's round 3 removed: the chain cannot tell
+    rewrite_lines(server, lambda es: es[:-1])  # carol's round 3 removed: the chain cannot tell
     assert audit(server, keys).ok
     problems = compare_ledgers(ledgers["carol"], server, load_trusted_keys(keys))
     assert [(p.node, p.round) for p in problems] == [("carol", 3)]

@@ -9,7 +9,7 @@ from common.errors import ConfigError
 
 
 def test_pyproject_run_config_mirrors_the_typed_defaults():
-    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     declared = pyproject["tool"]["flwr"]["app"]["config"]
     assert declared == RunConfig().to_flat()
 

@@ -7,9 +7,9 @@ from common.config import DataConfig, RunConfig
 from common.data import EMBEDDED_LABELS, MIN_ROWS, LabelledTexts, load_labelled_texts, split
 from common.errors import DataError
 from common.partition import client_partition, pool_and_held_out
-from tests.conftest import write_csv
+from tests.helpers.data import numbered_rows, write_csv
 
-ROWS = [(f"text number {i}", ["negative", "neutral", "positive"][i % 3]) for i in range(30)]
+ROWS = numbered_rows(30)
 
 
 def cfg_for(path, **kw) -> DataConfig:
@@ -34,7 +34,9 @@ def test_partner_csv_loads_with_configured_columns(tmp_path):
 def test_jsonl_loads(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(json.dumps({"text": t, "label": lab}) for t, lab in ROWS) + "\n")
-    assert len(load_labelled_texts(cfg_for(path))) == 30
+    data = load_labelled_texts(cfg_for(path))
+    assert data.label_names == ("negative", "neutral", "positive")
+    assert list(zip(data.texts, (data.label_names[y] for y in data.labels), strict=True)) == ROWS
 
 
 @pytest.mark.parametrize("make, needle", [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import stat
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from common.ledger.entry import (
     with_receipt,
 )
 from common.ledger.keys import (
-    create_signing_key,
     generate_signing_key,
     load_private_key,
     load_public_key,
@@ -31,29 +29,19 @@ from common.ledger.keys import (
     save_public_key,
 )
 from common.ledger.provenance import data_commitment, fingerprint_arrays, make_extra
-from common.ledger.record import PrivacyRecord
 from common.ledger.store import NodeLedger, append_received, read_entries, read_ledger
 from common.ledger.verify import verify_entries
-from common.privacy import MECHANISM
+from tests.helpers.records import node_ledgers, rewrite_lines
+from tests.helpers.records import train_record as record
 
 NODES = ("alice", "bob")
-
-
-def record(round_: int, node_id: int = 1, run_id: int = 7, **changes) -> PrivacyRecord:
-    fields = dict(run_id=run_id, round=round_, node_id=node_id, kind="train",
-                  mechanism=MECHANISM, accountant="prv", noise_multiplier=0.8,
-                  sample_rate=0.03, steps=30, total_steps=30 * round_, max_grad_norm=1.0,
-                  delta=1e-5, epsilon=1.0 + round_, epsilon_budget=8.0,
-                  disclosed={"num_examples": 1000}, created_at=1000.0 + round_)
-    return PrivacyRecord(**{**fields, **changes})
 
 
 @pytest.fixture
 def fed(tmp_path: Path):
     """Two nodes, three rounds: each node's own ledger and the server's combined one."""
-    keys = {n: create_signing_key(tmp_path / "private" / f"{n}.pem", tmp_path / "keys" / f"{n}.pub")
-            for n in NODES}
-    ledgers = {n: NodeLedger(tmp_path / f"{n}.jsonl", k) for n, k in keys.items()}
+    ledgers = node_ledgers(tmp_path, NODES)
+    keys = {n: load_private_key(tmp_path / "private" / f"{n}.pem") for n in NODES}
     server = tmp_path / "server.jsonl"
     for r in (1, 2, 3):
         for i, n in enumerate(NODES):
@@ -61,12 +49,6 @@ def fed(tmp_path: Path):
             append_received(server, entry, received_from=i + 1, received_at=2000.0 + r)
     return {"keys": keys, "ledgers": ledgers, "server": server,
             "trusted": load_trusted_keys(tmp_path / "keys"), "dir": tmp_path}
-
-
-def rewrite(path: Path, edit) -> None:
-    """Apply `edit` to the file's list of parsed lines and write them back."""
-    lines = [json.loads(x) for x in path.read_text().splitlines()]
-    path.write_text("".join(json.dumps(e) + "\n" for e in edit(lines)))
 
 
 def whats(problems) -> str:
@@ -91,10 +73,11 @@ def test_private_key_is_owner_only_and_never_overwritten(tmp_path: Path) -> None
 
 
 def test_encrypted_private_key_round_trips(tmp_path: Path) -> None:
-    path = save_private_key(generate_signing_key(), tmp_path / "k.pem", password=b"s3cret")
+    key = generate_signing_key()
+    path = save_private_key(key, tmp_path / "k.pem", password=b"s3cret")
     with pytest.raises(LedgerError, match=str(path)):
         load_private_key(path)
-    assert load_private_key(path, password=b"s3cret")
+    assert public_key_hex(load_private_key(path, password=b"s3cret")) == public_key_hex(key)
 
 
 def test_key_errors_name_the_file(tmp_path: Path) -> None:
@@ -153,7 +136,7 @@ def test_reopening_continues_the_chain(fed) -> None:
 
 def test_node_refuses_to_extend_a_tampered_ledger(fed) -> None:
     path = fed["ledgers"]["alice"].path
-    rewrite(path, lambda es: [es[0], es[2]])
+    rewrite_lines(path, lambda es: [es[0], es[2]])
     with pytest.raises(LedgerError, match="does not verify"):
         NodeLedger(path, fed["keys"]["alice"])
 
@@ -188,14 +171,14 @@ def test_changed_number_is_caught(fed) -> None:
     def edit(es):
         es[2]["record"]["epsilon"] = 0.5  # alice, round 2
         return es
-    rewrite(fed["server"], edit)
+    rewrite_lines(fed["server"], edit)
     problems = whats(verify_entries(read_ledger(fed["server"]), fed["trusted"]))
     assert f"{fed['server']}:3: node alice round 2: bad signature" in problems
     assert f"{fed['server']}:5: node alice round 3: broken chain" in problems
 
 
 def test_deleted_record_is_caught(fed) -> None:
-    rewrite(fed["server"], lambda es: es[:2] + es[4:])  # round 2 of both nodes gone
+    rewrite_lines(fed["server"], lambda es: es[:2] + es[4:])  # round 2 of both nodes gone
     problems = verify_entries(read_ledger(fed["server"]), fed["trusted"])
     assert {(p.node, p.round) for p in problems} == {("alice", 3), ("bob", 3)}
     assert all("broken chain" in p.what for p in problems)
@@ -203,7 +186,7 @@ def test_deleted_record_is_caught(fed) -> None:
 
 def test_swapped_records_are_caught(fed) -> None:
     path = fed["ledgers"]["bob"].path
-    rewrite(path, lambda es: [es[0], es[2], es[1]])
+    rewrite_lines(path, lambda es: [es[0], es[2], es[1]])
     problems = whats(verify_entries(read_ledger(path), fed["trusted"]))
     assert "comes later in the file" in problems
     assert "round goes back" in problems
@@ -237,7 +220,7 @@ def test_record_appended_after_the_fact_is_caught(fed) -> None:
 
 
 def test_duplicate_line_is_caught(fed) -> None:
-    rewrite(fed["server"], lambda es: es + [es[0]])
+    rewrite_lines(fed["server"], lambda es: es + [es[0]])
     problems = verify_entries(read_ledger(fed["server"]), fed["trusted"])
     assert [p.what for p in problems] == [f"duplicate of {fed['server']}:1"]
 
@@ -267,7 +250,7 @@ def test_record_field_of_the_wrong_type_is_refused(fed) -> None:
     def edit(es):
         es[1]["record"]["steps"] = "30"
         return es
-    rewrite(path, edit)
+    rewrite_lines(path, edit)
     with pytest.raises(LedgerError, match=f"{path}:2: .*field steps is '30': expected int"):
         read_ledger(path)
 
@@ -281,6 +264,6 @@ def test_a_second_run_ledger_may_follow_the_nodes_earlier_runs_but_not_skip_reco
         append_received(second, alice.append(record(r, run_id=8)), received_from=1)
     assert verify_entries(read_ledger(second), fed["trusted"]) == []
     # Cutting the run's first record leaves one that counts steps before it: caught.
-    rewrite(second, lambda es: es[1:])
+    rewrite_lines(second, lambda es: es[1:])
     problems = verify_entries(read_ledger(second), fed["trusted"])
     assert [(p.round, "broken chain" in p.what) for p in problems] == [(2, True)]
