@@ -16,11 +16,7 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.data import EMBEDDED_LABELS  # noqa: E402
 from tests.helpers.data import embedded_rows, write_bad_data_files, write_csv  # noqa: E402
-from tests.helpers.messages import node_context, record_of, train_message  # noqa: E402, F401
 from tests.helpers.pki import make_pki  # noqa: E402
-
-# node_context, record_of and train_message are only re-exported: test_client.py still
-# imports them from here. Their home is tests/helpers/messages.py.
 
 
 @pytest.fixture(autouse=True)

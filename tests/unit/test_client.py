@@ -10,7 +10,7 @@ from common.errors import ConfigError
 from common.ledger.entry import entry_hash, record_of_entry
 from common.ledger.store import NodeLedger, read_entries
 from common.wire import LEDGER_HEAD_KEY, LEDGER_RUN_KEY, entries_of_message, entry_of_message
-from tests.conftest import node_context, record_of, train_message
+from tests.helpers.messages import node_context, record_of, train_message
 
 
 def run_rounds(cfg, context, rounds):

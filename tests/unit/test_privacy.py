@@ -11,10 +11,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common import privacy
 from common.config import PrivacyConfig, RunConfig, TrainConfig
-from common.data import encode, load_labelled_texts, subsample
+from common.data import encode, subsample
 from common.errors import DataError
 from common.model import build_model, load_tokenizer, trainable_state
 from common.training import LocalSchedule, local_schedule, train_steps
+from tests.helpers.data import embedded_data
 
 CPU = torch.device("cpu")
 
@@ -22,7 +23,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def dataset():
     cfg = RunConfig().replace(model="tiny", **{"max-length": 32})
-    data = subsample(load_labelled_texts(cfg.data), 96, seed=0)
+    data = subsample(embedded_data(), 96, seed=0)
     return encode(data, load_tokenizer(cfg.model), 32), data.label_names
 
 
@@ -128,12 +129,14 @@ def test_planned_rounds_fit_the_budget_and_one_more_is_refused(accountant):
     plan = privacy.plan(cfg, budget=3.0, delta=1e-5, sample_rate=0.02, steps_per_round=50,
                         planned_rounds=4)
     history: privacy.History = []
+    projected = []
     for _ in range(4):
-        privacy.next_round_epsilon(history, plan)
+        projected.append(privacy.next_round_epsilon(history, plan))
         history = [(plan.noise_multiplier, plan.sample_rate,
                     sum(n for *_, n in history) + plan.steps_per_round)]
     spent = privacy.epsilon(history, 1e-5, accountant)
     assert 2.9 <= spent <= 3.0
+    assert projected == sorted(projected) and projected[-1] == pytest.approx(spent)
     with pytest.raises(privacy.BudgetExhausted, match="budget exhausted"):
         privacy.next_round_epsilon(history, plan)
 

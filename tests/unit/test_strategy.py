@@ -17,13 +17,13 @@ from server.checkpoint import CheckpointWriter, checkpoint_path, load_checkpoint
 from server.ledger import Ledger
 from server.outcome import RoundOutcome
 from server.strategy import PrivacyStrategy, flower_strategy
+from tests.helpers.records import ledger_lines, train_record
 
 
 def record(node, kind="train", eps=1.0, server_round=1, **kw) -> PrivacyRecord:
-    return PrivacyRecord(run_id=1, round=server_round, node_id=node, kind=kind, mechanism="m",
-                         accountant="prv", noise_multiplier=1.0, sample_rate=0.1, steps=5,
-                         total_steps=5, max_grad_norm=1.0, delta=1e-5, epsilon=eps,
-                         epsilon_budget=8.0, **kw)
+    """Node `node`'s record in run 1: 5 local steps (what bounds its update's norm)."""
+    return train_record(server_round, node, run_id=1, kind=kind, epsilon=eps, steps=5,
+                        total_steps=5, **kw)
 
 
 KEYS = {node: generate_signing_key() for node in range(1, 6)}
@@ -73,10 +73,6 @@ def strategy(tmp_path, global_arrays=ZERO, **kw) -> tuple[PrivacyStrategy, Seen]
     return s, seen
 
 
-def ledger_rows(tmp_path) -> list[dict]:
-    return [json.loads(x) for x in (tmp_path / "ledger.jsonl").read_text().splitlines()]
-
-
 def test_fedavg_of_known_arrays_is_the_example_weighted_mean(tmp_path):
     s, _ = strategy(tmp_path)
     a = {"w": np.array([1.0, 2.0], dtype=np.float32), "b": np.array([[0.0]], dtype=np.float32)}
@@ -106,7 +102,8 @@ def test_refusals_and_recordless_replies_are_left_out_and_the_round_goes_on(tmp_
     outcome = seen.rounds[1]
     assert len(outcome.trained) == 2 and len(outcome.refused) == 1
     assert {node for node, _ in outcome.rejected} == {4, 5}
-    assert [(x["received_from"], x["record"]["kind"]) for x in ledger_rows(tmp_path)] == [
+    rows = ledger_lines(tmp_path / "ledger.jsonl")
+    assert [(x["received_from"], x["record"]["kind"]) for x in rows] == [
         (1, "train"), (2, "train"), (3, "refused")]
 
 
@@ -288,7 +285,7 @@ def test_dropped_and_silent_nodes_are_named_and_the_round_goes_on(tmp_path, monk
     np.testing.assert_allclose(arrays["w"].numpy(), [2.0, 2.0])
     assert dict(seen.rounds[1].failed) == {3: f"error 5: {NODE_UNAVAILABLE_ERROR_REASON}",
                                         4: "no reply before the round timeout"}
-    assert {r["received_from"] for r in ledger_rows(tmp_path)} == {1, 2}
+    assert {r["received_from"] for r in ledger_lines(tmp_path / "ledger.jsonl")} == {1, 2}
     assert module.LEDGER_HEAD_KEY in sent[0].content["config"]
 
 
@@ -300,8 +297,9 @@ def test_resumed_rounds_are_numbered_on_and_repeated_entries_are_written_once(tm
                   prev=entry_hash(first))
     arrays, _ = s.aggregate_train(1, [again])  # Flower's count 1 is our round 4
     assert arrays is not None and checkpoint_path(tmp_path, 4).exists()
-    s.aggregate_train(1, [again])  # the same reply once more: nothing new to write
-    assert [r["record"]["round"] for r in ledger_rows(tmp_path)] == [3, 4]
+    repeated, _ = s.aggregate_train(1, [again])  # the same reply once more: nothing new to write
+    assert repeated is not None
+    assert [r["record"]["round"] for r in ledger_lines(tmp_path / "ledger.jsonl")] == [3, 4]
     assert seen.ledger.heads[1] == entry_hash(entry_of_message(again))
     stale, stale_seen = strategy(tmp_path / "stale", first_round=4)
     assert stale.aggregate_train(1, [reply(1, w(1.0, 1.0), server_round=2)])[0] is None
