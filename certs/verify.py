@@ -12,6 +12,7 @@ import os
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, Pub
 
 from certs.files import CertError, read_file
 
+NistKey = TypeVar("NistKey", ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)
 _NIST_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
 # How public material starts: OpenSSH public keys, PEM public keys and certificates.
@@ -186,10 +188,7 @@ def check_node_key(path: Path | str, *, require_private_mode: bool = True
     except (ValueError, UnsupportedAlgorithm):
         raise CertError(f"{path} is not an OpenSSH private key "
                         "(make one with `fedpriv certs node NAME`)") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve,
-                                                                         _NIST_CURVES):
-        raise CertError(f"node private key {path} is not a NIST EC key (use P-384)")
-    return key
+    return _nist_ec(key, ec.EllipticCurvePrivateKey, f"node private key {path}")
 
 
 def check_node_public_key(path: Path | str) -> ec.EllipticCurvePublicKey:
@@ -201,7 +200,11 @@ def check_node_public_key(path: Path | str) -> ec.EllipticCurvePublicKey:
     except (ValueError, UnsupportedAlgorithm):
         raise CertError(f"{path} is not an OpenSSH public key "
                         "(send the node-NAME.pub file, not the .key)") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve,
-                                                                        _NIST_CURVES):
-        raise CertError(f"node public key {path} is not a NIST EC key (use P-384)")
+    return _nist_ec(key, ec.EllipticCurvePublicKey, f"node public key {path}")
+
+
+def _nist_ec(key: object, kind: type[NistKey], what: str) -> NistKey:
+    """`key` if it is a `kind` on a NIST curve (what Flower's node authentication takes)."""
+    if not isinstance(key, kind) or not isinstance(key.curve, _NIST_CURVES):
+        raise CertError(f"{what} is not a NIST EC key (use P-384)")
     return key

@@ -4,6 +4,8 @@ recomputed epsilon is Opacus's own."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,6 +83,19 @@ def failures(report) -> str:
 
 
 # --- a clean run ------------------------------------------------------------------------
+
+
+def test_fedpriv_audit_runs_without_importing_flower(fed) -> None:
+    """An auditor's machine needs no Flower: the wire format lives apart (common.wire)."""
+    keys, _, server = fed
+    probe = ("import sys; from cli.main import main; code = main(sys.argv[1:]); "
+             "print('flwr loaded' if 'flwr' in sys.modules else 'flwr absent'); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", probe, "audit", str(server), "--keys", str(keys)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "audit: PASS" in done.stdout and done.stdout.strip().endswith("flwr absent")
+
+
 
 
 def test_clean_federation_passes_with_reports(fed, tmp_path: Path, capsys) -> None:
