@@ -20,13 +20,14 @@ import torch
 from flwr.app import Context, Message, MetricRecord
 from flwr.clientapp import ClientApp
 from opacus import PrivacyEngine
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from client.node import NodeFiles, PrivacyState, budget_of, local_data, node_index
 from client.outbox import Outbox, Outgoing
 from common import privacy
 from common.config import RunConfig
-from common.data import LabelledTexts, encode
+from common.data import LabelledTexts
+from common.features import Features, features
 from common.ledger.entry import entry_hash
 from common.ledger.provenance import data_commitment, fingerprint_arrays, make_extra
 from common.ledger.record import PrivacyRecord
@@ -39,6 +40,7 @@ from common.model import (
     trainable_state,
 )
 from common.training import (
+    EVAL_BATCH,
     LocalSchedule,
     TrainOutcome,
     evaluate,
@@ -80,9 +82,11 @@ class NodeRound:
         load_trainable_state(self.model, self.received)
         self.model.to(self.device)
 
-    def dataset(self, rows: LabelledTexts) -> TensorDataset:
-        """`rows` as the model's fixed-length tensors."""
-        return encode(rows, self.tokenizer, self.cfg.model.max_length)
+    def features(self, rows: LabelledTexts) -> Features:
+        """What the model trains or evaluates on for `rows`; a frozen encoder's embeddings
+        come from the node's own cache after the first time."""
+        return features(self.model, rows, self.tokenizer, self.cfg.model, self.device,
+                        self.files.directory / "embeddings")
 
     def seed(self) -> int:
         """Torch's seed for this node and round: reproducible runs, distinct draws."""
@@ -182,9 +186,9 @@ class RoundTraining(Protocol):
     def refusal(self) -> str | None:
         """Why this node will not train this round, or None."""
 
-    def prepare(self, train_set: TensorDataset, optimizer: torch.optim.Optimizer
+    def prepare(self, train_set: Features, optimizer: torch.optim.Optimizer
                 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader]:
-        """The model, optimizer and loader to train with."""
+        """The module, optimizer and loader to train with."""
 
     def record(self, outcome: TrainOutcome) -> PrivacyRecord:
         """The round's record, once the steps taken are accounted for."""
@@ -216,7 +220,7 @@ class PrivateTraining:
                                 planned_rounds=cfg.federation.num_rounds)
             node.state.set_plan(node.run_id, plan)
             node.state.save(node.files.state)
-        self.node, self.plan = node, plan
+        self.node, self.plan, self.schedule = node, plan, schedule
         self.steps = plan.steps_per_round
 
     def refusal(self) -> str | None:
@@ -227,14 +231,14 @@ class PrivateTraining:
             return str(exc)
         return None
 
-    def prepare(self, train_set: TensorDataset, optimizer: torch.optim.Optimizer
+    def prepare(self, train_set: Features, optimizer: torch.optim.Optimizer
                 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader]:
         """3. Opacus's clipping, noise and Poisson loader at the plan's settings."""
         # Not shuffled: make_private swaps the sampler for Poisson sampling at
         # 1 / len(loader), and checks that rate against the plan's.
-        loader = DataLoader(train_set, batch_size=self.node.cfg.train.batch_size)
+        loader = train_set.loader(self.schedule.batch_size)
         self.engine, model, optimizer, loader = privacy.make_private(
-            self.node.model, optimizer, loader, self.plan, self.node.state.history())
+            train_set.module, optimizer, loader, self.plan, self.node.state.history())
         return model, optimizer, loader
 
     def record(self, outcome: TrainOutcome) -> PrivacyRecord:
@@ -253,7 +257,7 @@ class BaselineTraining:
     """Training without DP: a researcher's baseline, refused by any node with a budget."""
 
     def __init__(self, node: NodeRound, schedule: LocalSchedule) -> None:
-        self.node = node
+        self.node, self.schedule = node, schedule
         self.steps = schedule.steps_per_round
 
     def refusal(self) -> str | None:
@@ -262,11 +266,11 @@ class BaselineTraining:
             return "non-private training requested; this node accepts DP-SGD only"
         return None
 
-    def prepare(self, train_set: TensorDataset, optimizer: torch.optim.Optimizer
+    def prepare(self, train_set: Features, optimizer: torch.optim.Optimizer
                 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader]:
-        """The model and optimizer as they are, over shuffled epochs of the rows."""
-        loader = DataLoader(train_set, batch_size=self.node.cfg.train.batch_size, shuffle=True)
-        return self.node.model, optimizer, loader
+        """The module and optimizer as they are, over shuffled epochs of the rows."""
+        loader = train_set.loader(self.schedule.batch_size, shuffle=True)
+        return train_set.module, optimizer, loader
 
     def record(self, outcome: TrainOutcome) -> PrivacyRecord:
         """No mechanism, no guarantee: the record says epsilon is infinite."""
@@ -285,8 +289,8 @@ def train(msg: Message, context: Context) -> Message:
     if answered is not None:
         return answered
     cfg = node.cfg
-    train_set = node.dataset(node.train_rows)
-    schedule = local_schedule(len(train_set), cfg.train)
+    train_set = node.features(node.train_rows)
+    schedule = local_schedule(len(train_set.dataset), cfg.train)
     mode: RoundTraining = (PrivateTraining(node, schedule) if cfg.privacy.dp
                            else BaselineTraining(node, schedule))
     reason = mode.refusal()
@@ -296,10 +300,10 @@ def train(msg: Message, context: Context) -> Message:
     # Per node and round: Poisson sampling, noise and shuffling all draw from torch's generator.
     torch.manual_seed(node.seed())
     model, optimizer, loader = mode.prepare(
-        train_set, make_optimizer(node.model, cfg.train.learning_rate))
+        train_set, make_optimizer(train_set.module, cfg.learning_rate))
     outcome = train_steps(model, optimizer, loader, mode.steps, node.device)
     record = mode.record(outcome)
-    metrics: dict[str, float] = {"num-examples": len(train_set)}
+    metrics: dict[str, float] = {"num-examples": len(train_set.dataset)}
     if cfg.privacy.report_train_loss:
         metrics["train-loss"] = outcome.mean_loss
     return node.reply(record, metrics, trainable_state(node.model))
@@ -312,7 +316,9 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     answered = node.replay()
     if answered is not None:
         return answered
-    eval_set = node.dataset(node.eval_rows)
-    loss, accuracy = evaluate(node.model, eval_set, node.cfg.train.batch_size, node.device)
-    metrics = {"num-examples": len(eval_set), "eval-loss": loss, "eval-accuracy": accuracy}
+    eval_set = node.features(node.eval_rows)
+    loss, accuracy = evaluate(eval_set.module, eval_set.loader(EVAL_BATCH),
+                              node.device)
+    metrics = {"num-examples": len(eval_set.dataset), "eval-loss": loss,
+               "eval-accuracy": accuracy}
     return node.reply(node.record("evaluate"), metrics)

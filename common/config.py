@@ -17,7 +17,13 @@ from common.errors import ConfigError, require
 
 ACCOUNTANTS = ("prv", "rdp")
 PARTITIONERS = ("iid", "dirichlet", "label")
-FINETUNE_MODES = ("lora", "full")
+FINETUNE_MODES = ("head", "lora", "full")
+POOLINGS = ("auto", "mean", "cls")
+# AdamW's learning rate per mode when --learning-rate is 0. Chosen on the embedded tweets
+# only (benchmarks/bench_recipe.py), never on a partner's data: tuning on private data
+# would spend privacy. The head has ~1k weights and a well-scaled input (unit-length
+# embeddings), so it takes larger steps than adapters or the whole encoder.
+DEFAULT_LEARNING_RATES = {"head": 0.1, "lora": 0.01, "full": 1e-3}
 # fedavg: Flower's FedAvg; median: FedMedian (coordinate-wise median); trimmed-mean:
 # FedTrimmedAvg (drops the trim-fraction largest and smallest values per coordinate).
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean")
@@ -32,18 +38,23 @@ class ModelConfig:
     # "default" is the embedded all-MiniLM-L6-v2, "tiny" a small config-built BERT
     # for tests; anything else is a hub name or local folder for `from_pretrained`.
     model: str = "default"
-    finetune: str = "lora"
+    # head: frozen encoder, a DP-trained linear head (common/model.py says why).
+    finetune: str = "head"
+    # auto: the model's own (sentence-transformers config), else the mean over tokens.
+    pooling: str = "auto"
     lora_r: int = 8
     lora_alpha: int = 16
     max_length: int = 64
 
     def __post_init__(self) -> None:
         require(self.finetune in FINETUNE_MODES, "--finetune", self.finetune,
-               f"choose one of {', '.join(FINETUNE_MODES)}")
+                f"choose one of {', '.join(FINETUNE_MODES)}")
+        require(self.pooling in POOLINGS, "--pooling", self.pooling,
+                f"choose one of {', '.join(POOLINGS)}")
         require(self.lora_r > 0, "--lora-r", self.lora_r, "must be > 0")
         require(self.lora_alpha > 0, "--lora-alpha", self.lora_alpha, "must be > 0")
         require(8 <= self.max_length <= 512, "--max-length", self.max_length,
-               "must be between 8 and 512 tokens")
+                "must be between 8 and 512 tokens")
 
 
 @dataclass(frozen=True)
@@ -66,13 +77,13 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(self.max_examples >= 0, "--max-examples", self.max_examples, "must be >= 0")
         require(0.0 < self.test_fraction < 1.0, "--test-fraction", self.test_fraction,
-               "must be between 0 and 1 (exclusive)")
+                "must be between 0 and 1 (exclusive)")
         require(self.partitioner in PARTITIONERS, "--partitioner", self.partitioner,
-               f"choose one of {', '.join(PARTITIONERS)}")
+                f"choose one of {', '.join(PARTITIONERS)}")
         require(math.isfinite(self.dirichlet_alpha) and self.dirichlet_alpha > 0,
                 "--dirichlet-alpha", self.dirichlet_alpha, "must be a finite number > 0")
         require(self.classes_per_client >= 1, "--classes-per-client", self.classes_per_client,
-               "must be >= 1")
+                "must be >= 1")
         try:
             "".encode(self.encoding)
         except LookupError:
@@ -101,39 +112,43 @@ class PrivacyConfig:
 
     def __post_init__(self) -> None:
         require(math.isfinite(self.epsilon) and self.epsilon > 0, "--epsilon", self.epsilon,
-               "must be a finite number > 0")
+                "must be a finite number > 0")
         require(0.0 < self.delta < 1.0, "--delta", self.delta,
-               "must be between 0 and 1 (exclusive); use less than 1/number-of-examples")
+                "must be between 0 and 1 (exclusive); use less than 1/number-of-examples")
         sigma = self.noise_multiplier
         require(math.isfinite(sigma) and sigma >= 0, "--noise-multiplier", sigma,
-               "must be a finite number >= 0 (0 derives it from --epsilon)")
+                "must be a finite number >= 0 (0 derives it from --epsilon)")
         require(math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0, "--max-grad-norm",
-               self.max_grad_norm, "must be a finite number > 0")
+                self.max_grad_norm, "must be a finite number > 0")
         require(self.accountant in ACCOUNTANTS, "--accountant", self.accountant,
-               f"choose one of {', '.join(ACCOUNTANTS)}")
+                f"choose one of {', '.join(ACCOUNTANTS)}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 32
-    local_epochs: int = 1
+    # 0: an eighth of the node's training rows, so q = 1/8 whatever its size: large
+    # expected batches are what DP-SGD needs (the noise is sigma * C / batch).
+    batch_size: int = 0
+    local_epochs: int = 5
     # > 0 fixes the DP-SGD steps per round, overriding --local-epochs.
     local_steps: int = 0
-    learning_rate: float = 1e-2
+    # 0: the mode's own (DEFAULT_LEARNING_RATES), chosen on the embedded data only.
+    learning_rate: float = 0.0
     seed: int = 42
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        require(self.batch_size > 0, "--batch-size", self.batch_size, "must be > 0")
+        require(self.batch_size >= 0, "--batch-size", self.batch_size,
+                "must be >= 0 (0 = an eighth of each node's rows)")
         require(self.local_epochs > 0, "--local-epochs", self.local_epochs, "must be > 0")
         require(self.local_steps >= 0, "--local-steps", self.local_steps, "must be >= 0")
-        require(math.isfinite(self.learning_rate) and self.learning_rate > 0, "--learning-rate",
-               self.learning_rate, "must be a finite number > 0")
+        require(math.isfinite(self.learning_rate) and self.learning_rate >= 0, "--learning-rate",
+                self.learning_rate, "must be a finite number >= 0 (0 = the mode's default)")
         # Partitioners need a non-negative seed, and nodes derive torch seeds from it.
         require(0 <= self.seed < 2**32, "--seed", self.seed, f"must be between 0 and {2**32 - 1}")
         require(self.device in ("auto", "cpu", "cuda")
-               or (self.device.startswith("cuda:") and self.device[5:].isdecimal()),
-               "--device", self.device, "choose auto, cpu, cuda or cuda:N")
+                or (self.device.startswith("cuda:") and self.device[5:].isdecimal()),
+                "--device", self.device, "choose auto, cpu, cuda or cuda:N")
 
 
 @dataclass(frozen=True)
@@ -159,20 +174,20 @@ class FederationConfig:
     def __post_init__(self) -> None:
         require(self.num_rounds >= 1, "--num-rounds", self.num_rounds, "must be >= 1")
         require(0.0 < self.fraction_train <= 1.0, "--fraction-train", self.fraction_train,
-               "must be in (0, 1]")
+                "must be in (0, 1]")
         require(0.0 <= self.fraction_evaluate <= 1.0, "--fraction-evaluate",
-               self.fraction_evaluate, "must be in [0, 1]")
+                self.fraction_evaluate, "must be in [0, 1]")
         require(self.min_train_clients >= 1, "--min-train-clients", self.min_train_clients,
-               "must be >= 1")
+                "must be >= 1")
         require(self.min_available_clients >= 1, "--min-available-clients",
-               self.min_available_clients, "must be >= 1")
+                self.min_available_clients, "must be >= 1")
         require(self.min_updates >= 1, "--min-updates", self.min_updates, "must be >= 1")
         require(self.aggregation in AGGREGATIONS, "--aggregation", self.aggregation,
-               f"choose one of {', '.join(AGGREGATIONS)}")
+                f"choose one of {', '.join(AGGREGATIONS)}")
         require(0.0 <= self.trim_fraction < 0.5, "--trim-fraction", self.trim_fraction,
-               "must be in [0, 0.5)")
+                "must be in [0, 0.5)")
         require(math.isfinite(self.round_timeout) and self.round_timeout > 0, "--round-timeout",
-               self.round_timeout, "must be a finite number of seconds > 0")
+                self.round_timeout, "must be a finite number of seconds > 0")
         require(bool(self.run_dir), "--run-dir", self.run_dir, "must not be empty")
 
 
@@ -212,6 +227,11 @@ class RunConfig:
         for name in SECTIONS:
             flat.update({key_of(k): v for k, v in dataclasses.asdict(getattr(self, name)).items()})
         return flat
+
+    @property
+    def learning_rate(self) -> float:
+        """The local learning rate: --learning-rate, or the fine-tuning mode's default."""
+        return self.train.learning_rate or DEFAULT_LEARNING_RATES[self.model.finetune]
 
     def replace(self, **flat_overrides: Any) -> RunConfig:
         return RunConfig.from_flat({**self.to_flat(), **flat_overrides})

@@ -14,9 +14,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch.utils.data import TensorDataset
-
 from common.config import DataConfig
 from common.errors import DataError
 
@@ -194,11 +191,3 @@ def split(data: LabelledTexts, test_fraction: float,
     random.Random(seed).shuffle(order)
     n_test = min(max(1, round(len(data) * test_fraction)), len(data) - 1)
     return data.subset(sorted(order[n_test:])), data.subset(sorted(order[:n_test]))
-
-
-def encode(data: LabelledTexts, tokenizer, max_length: int) -> TensorDataset:
-    """Tokenise to fixed-length tensors (fixed padding keeps per-sample shapes equal)."""
-    batch = tokenizer(data.texts, padding="max_length", truncation=True,
-                      max_length=max_length, return_tensors="pt")
-    return TensorDataset(batch["input_ids"], batch["attention_mask"],
-                         torch.tensor(data.labels, dtype=torch.long))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from datasets import Dataset
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
@@ -38,15 +40,29 @@ def pool_and_held_out(cfg: DataConfig, seed: int) -> tuple[LabelledTexts, Labell
     return split(data, cfg.test_fraction, seed)
 
 
+def partitioned(pool: LabelledTexts, cfg: DataConfig, num_partitions: int,
+                seed: int) -> Partitioner:
+    """The partitioner of `pool`, holding the pool's rows in a seeded random order.
+
+    Flower's IidPartitioner takes contiguous shards (FederatedDataset shuffles first), and
+    a data file is often sorted (the embedded one by label): unshuffled, "iid" clients
+    would each hold one or two labels.
+    """
+    if cfg.partitioner == "label" and cfg.classes_per_client > len(pool.label_names):
+        raise ConfigError(f"invalid --classes-per-client {cfg.classes_per_client}: "
+                          f"the data has only {len(pool.label_names)} labels")
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    partitioner = make_partitioner(cfg, num_partitions, seed)
+    partitioner.dataset = Dataset.from_dict({"row": order,
+                                             "label": [pool.labels[i] for i in order]})
+    return partitioner
+
+
 def client_partition(pool: LabelledTexts, cfg: DataConfig, partition_id: int,
                      num_partitions: int, seed: int) -> LabelledTexts:
     """The rows simulated client `partition_id` holds; the same on every process for a seed."""
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
-    if cfg.partitioner == "label" and cfg.classes_per_client > len(pool.label_names):
-        raise ConfigError(f"invalid --classes-per-client {cfg.classes_per_client}: "
-                          f"the data has only {len(pool.label_names)} labels")
-    partitioner = make_partitioner(cfg, num_partitions, seed)
-    partitioner.dataset = Dataset.from_dict({"row": list(range(len(pool))), "label": pool.labels})
-    rows = partitioner.load_partition(partition_id)["row"]
+    rows = partitioned(pool, cfg, num_partitions, seed).load_partition(partition_id)["row"]
     return pool.subset(sorted(rows))

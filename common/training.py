@@ -7,10 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from common.config import TrainConfig
 from common.errors import DataError
+
+# With --batch-size 0 a node's batch is an eighth of its rows: q = 1/8.
+AUTO_BATCHES_PER_EPOCH = 8
+EVAL_BATCH = 256  # evaluation takes no gradient: its batch changes nothing but speed
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,7 @@ class LocalSchedule:
     and what the accountant is fed, so the plan, the loader and the audit agree.
     """
 
+    batch_size: int
     sample_rate: float
     steps_per_round: int
 
@@ -30,12 +35,13 @@ def local_schedule(num_examples: int, train: TrainConfig) -> LocalSchedule:
 
     The one place this is derived: the node plans its noise with it, and the simulation's
     preflight checks the same plan before anything starts. `batches` is the length of a
-    `DataLoader(batch_size=train.batch_size)` over the rows (drop_last off).
+    `DataLoader(batch_size=batch_size)` over the rows (drop_last off).
     """
     if num_examples < 1:
         raise DataError("this node has no training examples: give it a data file with rows")
-    batches = math.ceil(num_examples / train.batch_size)
-    return LocalSchedule(sample_rate=1 / batches,
+    batch_size = train.batch_size or math.ceil(num_examples / AUTO_BATCHES_PER_EPOCH)
+    batches = math.ceil(num_examples / batch_size)
+    return LocalSchedule(batch_size=batch_size, sample_rate=1 / batches,
                          steps_per_round=train.local_steps or train.local_epochs * batches)
 
 
@@ -54,16 +60,20 @@ def _batches(loader: DataLoader) -> Iterator:
         yield from loader
 
 
-def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
+def train_steps(module: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                 steps: int, device: torch.device) -> TrainOutcome:
-    """Run exactly `steps` optimizer steps (each one a DP-SGD step under Opacus)."""
-    model.train()
+    """Run exactly `steps` optimizer steps (each one a DP-SGD step under Opacus).
+
+    A batch is (inputs..., labels) and `module(*inputs)` gives the logits: the head on
+    embeddings, or the whole model on token ids and their mask (common.features).
+    """
+    module.train()
     total_loss, examples = 0.0, 0
     batches = _batches(loader)
     for _ in range(steps):
-        input_ids, mask, labels = (t.to(device) for t in next(batches))
+        *inputs, labels = (t.to(device) for t in next(batches))
         optimizer.zero_grad(set_to_none=True)
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss = torch.nn.functional.cross_entropy(module(*inputs), labels)
         loss.backward()
         optimizer.step()
         total_loss += float(loss.detach()) * len(labels)
@@ -72,18 +82,18 @@ def train_steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset: TensorDataset, batch_size: int,
+def evaluate(module: torch.nn.Module, loader: DataLoader,
              device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy) on `dataset`."""
-    model.eval()
-    total_loss, correct = 0.0, 0
-    for input_ids, mask, labels in DataLoader(dataset, batch_size=max(batch_size, 64)):
-        input_ids, mask, labels = input_ids.to(device), mask.to(device), labels.to(device)
-        out = model(input_ids=input_ids, attention_mask=mask, labels=labels)
-        total_loss += float(out.loss) * len(labels)
-        correct += int((out.logits.argmax(dim=-1) == labels).sum())
-    n = len(dataset)
-    return total_loss / n, correct / n
+    """(mean cross-entropy loss, accuracy) over the batches of `loader`."""
+    module.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    for batch in loader:
+        *inputs, labels = (t.to(device) for t in batch)
+        logits = module(*inputs)
+        total_loss += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(dim=-1) == labels).sum())
+        n += len(labels)
+    return total_loss / max(n, 1), correct / max(n, 1)
 
 
 # The local optimizer's settings (PyTorch's AdamW defaults, spelled out because the

@@ -10,22 +10,23 @@ from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from rich.console import Console
 
 from common.config import RunConfig
-from common.data import EMBEDDED_LABELS, encode, load_labelled_texts
+from common.data import EMBEDDED_LABELS, load_labelled_texts
+from common.export import export_model
+from common.features import features
 from common.model import (
-    export_pretrained,
+    TextClassifier,
     load_tokenizer,
     load_trainable_state,
     pick_device,
     trainable_state,
 )
 from common.partition import pool_and_held_out
-from common.training import evaluate
+from common.training import EVAL_BATCH, evaluate
 from common.wire import from_record, to_record
 from server.checkpoint import CheckpointWriter
 from server.federation import RunState, build_strategy, start_state, starting_model
@@ -72,7 +73,7 @@ def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None,
                                      resumed=state.completed_rounds > 0)
     final = run_rounds(grid, cfg, strategy, to_record(trainable_state(model)), evaluate_fn)
     load_trainable_state(model, from_record(final))
-    export_pretrained(model.to(torch.device("cpu")), tokenizer, run_dir / "final_model")
+    export_model(model, tokenizer, cfg.model.max_length, run_dir / "final_model")
     reporter.console.print(reporter.summary_table())
     return run_dir
 
@@ -90,7 +91,7 @@ def start_report(cfg: RunConfig, run_dir: Path, state: RunState,
     return reporter
 
 
-def central_evaluation(cfg: RunConfig, model: torch.nn.Module, tokenizer: object,
+def central_evaluation(cfg: RunConfig, model: TextClassifier, tokenizer: object,
                        strategy: PrivacyStrategy, reporter: RoundReporter, resumed: bool
                        ) -> Callable[[int, ArrayRecord], MetricRecord | None]:
     """Flower's `evaluate_fn`: the held-out evaluation (if enabled), then the round's row.
@@ -98,11 +99,12 @@ def central_evaluation(cfg: RunConfig, model: torch.nn.Module, tokenizer: object
     Flower calls it after every round (and with count 0 before the first), so it is
     where each round ends.
     """
+    device = pick_device(cfg.train.device)
     test_set = None
     if cfg.federation.central_eval:
+        # Embedded once (head mode) or tokenised once: every round reuses it.
         _, held_out = pool_and_held_out(cfg.data, cfg.train.seed)
-        test_set = encode(held_out, tokenizer, cfg.model.max_length)
-    device = pick_device(cfg.train.device)
+        test_set = features(model, held_out, tokenizer, cfg.model, device)
 
     def evaluate_fn(count: int, arrays: ArrayRecord) -> MetricRecord | None:
         if count == 0 and resumed:
@@ -111,7 +113,8 @@ def central_evaluation(cfg: RunConfig, model: torch.nn.Module, tokenizer: object
         central = None
         if test_set is not None:
             load_trainable_state(model, from_record(arrays))
-            loss, accuracy = evaluate(model.to(device), test_set, cfg.train.batch_size, device)
+            loss, accuracy = evaluate(test_set.module.to(device),
+                                      test_set.loader(EVAL_BATCH), device)
             central = {"loss": loss, "accuracy": accuracy}
         reporter.end_round(server_round, central)
         return MetricRecord(central) if central else None

@@ -92,6 +92,6 @@ def build_strategy(cfg: RunConfig, state: RunState, heads: Mapping[int, str],
         min_train_nodes=fed.min_train_clients, min_evaluate_nodes=fed.min_train_clients,
         min_available_nodes=max(fed.min_available_clients, fed.min_train_clients))
     return PrivacyStrategy(inner, heads=heads, ledger_run=state.ledger_run,
-                           learning_rate=cfg.train.learning_rate,
+                           learning_rate=cfg.learning_rate,
                            first_round=state.completed_rounds + 1,
                            min_updates=fed.min_updates, observers=observers)

@@ -122,10 +122,8 @@ def preflight(cfg: RunConfig, resources: SimulationResources) -> None:
     logs, or as rounds in which every client fails; here it is one line, and nothing
     has been started or written.
     """
-    from datasets import Dataset
-
     from common.model import load_tokenizer, pick_device
-    from common.partition import make_partitioner, pool_and_held_out
+    from common.partition import partitioned, pool_and_held_out
 
     check_ray_address(resources.ray_address)
     run_dir = Path(cfg.federation.run_dir)
@@ -134,16 +132,11 @@ def preflight(cfg: RunConfig, resources: SimulationResources) -> None:
     pick_device(cfg.train.device)
     load_tokenizer(cfg.model)
     pool, _ = pool_and_held_out(cfg.data, cfg.train.seed)  # reads and checks the data file
-    labels = cfg.data.label_names or pool.label_names
-    if cfg.data.partitioner == "label" and cfg.data.classes_per_client > len(labels):
-        raise ConfigError(f"invalid --classes-per-client {cfg.data.classes_per_client}: "
-                          f"the data has only {len(labels)} labels")
     if len(pool) < resources.num_clients:
         raise ConfigError(f"invalid --num-clients {resources.num_clients}: only {len(pool)} "
                           "training examples to share among them (raise --max-examples)")
     # Partition as every client will (seeded, so identically): none may be left empty.
-    partitioner = make_partitioner(cfg.data, resources.num_clients, cfg.train.seed)
-    partitioner.dataset = Dataset.from_dict({"label": pool.labels})
+    partitioner = partitioned(pool, cfg.data, resources.num_clients, cfg.train.seed)
     try:
         with warnings.catch_warnings():  # Dirichlet's retries warn; the outcome is what counts
             warnings.simplefilter("ignore")

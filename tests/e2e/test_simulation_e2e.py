@@ -7,10 +7,11 @@ from collections import defaultdict
 import matplotlib.image
 import numpy as np
 import pytest
-from transformers import pipeline
 
 from cli.main import main
+from common.config import RunConfig
 from common.model import build_model, trainable_state
+from common.partition import pool_and_held_out
 from server.checkpoint import checkpoint_path, load_checkpoint
 from server.ledger import Ledger
 
@@ -61,10 +62,22 @@ def test_simulation_trains_accounts_and_saves_a_usable_model(tmp_path, tiny_cfg)
         assert main(["audit", str(node_dir / "ledger.jsonl"), "--keys",
                      str(run_dir / "node-keys"), "--compare", str(run_dir / "ledger.jsonl")]) == 0
 
-    # The exported model is plain transformers and classifies text.
-    clf = pipeline("text-classification", model=str(run_dir / "final_model"))
-    out = clf(["driverless cars are wonderful", "I will never ride in one"])
-    assert {o["label"] for o in out} <= {"negative", "neutral", "positive"}
+    assert_exported_model_reproduces_the_run(run_dir, metrics["rounds"][-1]["accuracy"])
+
+
+def assert_exported_model_reproduces_the_run(run_dir, accuracy: float) -> None:
+    """One line of sentence-transformers loads the final model; on the held-out rows it
+    scores what the run's own last evaluation scored, and names the run's labels."""
+    from sentence_transformers import SentenceTransformer
+
+    cfg = RunConfig.from_flat(json.loads((run_dir / "run.json").read_text())["config"])
+    _, held_out = pool_and_held_out(cfg.data, cfg.train.seed)
+    model = SentenceTransformer(str(run_dir / "final_model"), device="cpu")
+    predicted = model.encode(held_out.texts, convert_to_tensor=True).argmax(dim=1).tolist()
+    correct = sum(p == y for p, y in zip(predicted, held_out.labels, strict=True))
+    assert abs(correct / len(held_out) - accuracy) <= 1 / len(held_out)
+    id2label = model[0].auto_model.config.id2label
+    assert [id2label[i] for i in range(len(id2label))] == list(cfg.data.label_names)
 
 
 @pytest.mark.e2e

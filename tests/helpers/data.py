@@ -8,6 +8,9 @@ import os
 import random
 from pathlib import Path
 
+import torch
+from torch.utils.data import TensorDataset
+
 from common.config import RunConfig
 from common.data import EMBEDDED_LABELS, LabelledTexts, load_labelled_texts, subsample
 
@@ -88,3 +91,12 @@ def write_bad_data_files(d: Path) -> None:
                     for i in range(30))
     (d / "cut.jsonl").write_text(jsonl[:-20])
     (d / "array.jsonl").write_text('[{"text": "a", "label": "b"}]\n' + jsonl)
+
+
+def fixed_length(rows: LabelledTexts, tokenizer, max_length: int) -> TensorDataset:
+    """Rows padded to `max_length` (ids, mask, label): the reference dynamic padding must
+    match, and a batch shape that never changes."""
+    batch = tokenizer(rows.texts, padding="max_length", truncation=True,
+                      max_length=max_length, return_tensors="pt")
+    return TensorDataset(batch["input_ids"], batch["attention_mask"],
+                         torch.tensor(rows.labels, dtype=torch.long))

@@ -104,3 +104,16 @@ def test_partitions_are_disjoint_cover_the_pool_and_reproduce(partitioner):
         assert max(shares) - min(shares) > 0.2  # non-IID: label mix differs by client
     if partitioner == "iid":
         assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+
+
+def test_iid_clients_hold_every_label_in_proportion():
+    """The embedded file is sorted by label and Flower's IidPartitioner takes contiguous
+    shards: unshuffled, "iid" clients held one or two labels each."""
+    cfg = RunConfig().replace(**{"max-examples": 5000})
+    pool, _ = pool_and_held_out(cfg.data, 42)
+    share = {y: n / len(pool) for y, n in Counter(pool.labels).items()}
+    for k in range(4):
+        part = client_partition(pool, cfg.data, k, 4, 42)
+        counts = Counter(part.labels)
+        assert {y: round(counts[y] / len(part) - share[y], 2) for y in share} == pytest.approx(
+            dict.fromkeys(share, 0.0), abs=0.05)

@@ -11,11 +11,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from common import privacy
 from common.config import PrivacyConfig, RunConfig, TrainConfig
-from common.data import encode, subsample
+from common.data import subsample
 from common.errors import DataError
 from common.model import build_model, load_tokenizer, trainable_state
 from common.training import LocalSchedule, local_schedule, train_steps
-from tests.helpers.data import embedded_data
+from tests.helpers.data import embedded_data, fixed_length
 
 CPU = torch.device("cpu")
 
@@ -24,7 +24,7 @@ CPU = torch.device("cpu")
 def dataset():
     cfg = RunConfig().replace(model="tiny", **{"max-length": 32})
     data = subsample(embedded_data(), 96, seed=0)
-    return encode(data, load_tokenizer(cfg.model), 32), data.label_names
+    return fixed_length(data, load_tokenizer(cfg.model), 32), data.label_names
 
 
 def make(dataset, finetune="lora", noise=1.0, clip=1.0, batch=16, steps=2):
@@ -43,7 +43,7 @@ def per_example_clipped_norm(dp_model, dp_optimizer, example) -> tuple[float, fl
     """(raw per-example gradient norm, norm of what Opacus accumulates for it)."""
     dp_optimizer.zero_grad(set_to_none=True)
     ids, mask, label = (t.unsqueeze(0) for t in example)
-    dp_model(input_ids=ids, attention_mask=mask, labels=label).loss.backward()
+    torch.nn.functional.cross_entropy(dp_model(ids, mask), label).backward()
     params = [p for p in dp_optimizer.params if p.requires_grad]
     raw = math.sqrt(sum(float(p.grad_sample.pow(2).sum()) for p in params))
     dp_optimizer.clip_and_accumulate()
@@ -110,12 +110,25 @@ def test_local_schedule_is_the_loader_opacus_samples_from(examples, batch):
     """Sample rate 1/len(loader) and steps per epoch len(loader), for a real DataLoader."""
     loader = DataLoader(TensorDataset(torch.zeros(examples)), batch_size=batch)
     by_epochs = local_schedule(examples, TrainConfig(batch_size=batch, local_epochs=3))
-    assert by_epochs == LocalSchedule(sample_rate=1 / len(loader),
+    assert by_epochs == LocalSchedule(batch_size=batch, sample_rate=1 / len(loader),
                                       steps_per_round=3 * len(loader))
     # The rate the accountant is fed is the rate Opacus's Poisson loader samples at.
     assert DPDataLoader.from_data_loader(loader).sample_rate == by_epochs.sample_rate
     by_steps = local_schedule(examples, TrainConfig(batch_size=batch, local_steps=5))
-    assert by_steps == LocalSchedule(sample_rate=1 / len(loader), steps_per_round=5)
+    assert by_steps == LocalSchedule(batch_size=batch, sample_rate=1 / len(loader),
+                                     steps_per_round=5)
+
+
+@pytest.mark.parametrize("examples, batches", [(1, 1), (7, 7), (8, 8), (9, 5), (113, 8),
+                                               (900, 8), (38_158, 8)])
+def test_automatic_batch_is_an_eighth_of_the_rows(examples, batches):
+    """--batch-size 0: batches of ceil(rows / 8), so q = 1/8 once a node has a few dozen
+    rows; the rate is always that of the loader the node really samples from."""
+    schedule = local_schedule(examples, TrainConfig(batch_size=0, local_epochs=5))
+    loader = DataLoader(TensorDataset(torch.zeros(examples)), batch_size=schedule.batch_size)
+    assert len(loader) == batches
+    assert schedule.sample_rate == 1 / len(loader)
+    assert schedule.steps_per_round == 5 * len(loader)
 
 
 def test_local_schedule_refuses_a_node_without_training_rows():
@@ -149,9 +162,9 @@ def test_full_finetuning_trains_under_opacus_with_broadcast_embeddings_frozen(da
     before = trainable_state(model)
     train_steps(dp_model, dp_opt, loader, 1, CPU)
     after = trainable_state(model)
-    assert "bert.embeddings.word_embeddings.weight" in after
-    assert not np.allclose(before["bert.embeddings.word_embeddings.weight"],
-                           after["bert.embeddings.word_embeddings.weight"])
+    assert "encoder.embeddings.word_embeddings.weight" in after
+    assert not np.allclose(before["encoder.embeddings.word_embeddings.weight"],
+                           after["encoder.embeddings.word_embeddings.weight"])
 
 
 def test_full_finetuning_fails_under_opacus_if_broadcast_embeddings_train(dataset):
