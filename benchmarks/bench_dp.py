@@ -1,10 +1,11 @@
 """Benchmark on the default model (all-MiniLM-L6-v2): everything measured in this one run.
 
 Prints
-  1. median seconds per training step, DP-SGD (Opacus hooks) vs the same step without DP,
-     and their ratio; examples per second of each;
-  2. bytes each client sends per round: LoRA (default) vs full fine-tuning;
-  3. share of a simulated round's wall time spent outside local training.
+  1. median seconds per LoRA training step, DP-SGD (Opacus hooks) vs the same step
+     without DP, and their ratio; examples per second of each;
+  2. bytes each client sends per round: the head (default), LoRA, full fine-tuning;
+  3. share of a simulated LoRA round's wall time spent outside local training.
+The default recipe's accuracy and time are benchmarks/bench_recipe.py's.
 
 Run: .venv/bin/python benchmarks/bench_dp.py [--steps 8] [--batch-size 32] [--max-length 64]
 """
@@ -27,11 +28,11 @@ from common.environment import offline_and_quiet  # noqa: E402
 offline_and_quiet()
 
 import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from common import privacy  # noqa: E402
 from common.config import RunConfig  # noqa: E402
-from common.data import encode, load_labelled_texts, subsample  # noqa: E402
+from common.data import load_labelled_texts, subsample  # noqa: E402
+from common.features import features  # noqa: E402
 from common.ledger.entry import GENESIS, entry_to_json, make_entry  # noqa: E402
 from common.ledger.keys import generate_signing_key  # noqa: E402
 from common.ledger.record import PrivacyRecord  # noqa: E402
@@ -40,11 +41,12 @@ from common.training import make_optimizer  # noqa: E402
 from common.wire import nbytes, to_record  # noqa: E402
 
 
-def step_times(cfg: RunConfig, dataset, dp: bool, steps: int, warmup: int = 2) -> list[float]:
+def step_times(cfg: RunConfig, data, dp: bool, steps: int, warmup: int = 2) -> list[float]:
     device = pick_device(cfg.train.device)
     model = build_model(cfg.model, cfg.data.label_names, cfg.train.seed).to(device)
-    optimizer = make_optimizer(model, cfg.train.learning_rate)
-    loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True)
+    rows = features(model, data, load_tokenizer(cfg.model), cfg.model, device)
+    optimizer = make_optimizer(model, cfg.learning_rate)
+    loader = rows.loader(cfg.train.batch_size, shuffle=True)
     if dp:
         plan = privacy.plan(cfg.privacy, budget=8.0, delta=1e-5, sample_rate=1 / len(loader),
                             steps_per_round=steps + warmup, planned_rounds=1)
@@ -57,7 +59,7 @@ def step_times(cfg: RunConfig, dataset, dp: bool, steps: int, warmup: int = 2) -
             torch.cuda.synchronize()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        torch.nn.functional.cross_entropy(model(ids, mask), labels).backward()
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -102,10 +104,11 @@ def main() -> None:
     parser.add_argument("--skip-simulation", action="store_true")
     args = parser.parse_args()
 
+    # LoRA: the mode whose steps run the encoder (the default head trains on cached
+    # embeddings, docs/recipe.md); batches padded to their longest row.
     cfg = RunConfig().replace(**{"batch-size": args.batch_size, "max-length": args.max_length,
-                                 "labels": "negative,neutral,positive"})
+                                 "labels": "negative,neutral,positive", "finetune": "lora"})
     data = subsample(load_labelled_texts(cfg.data), 2000, seed=0)
-    dataset = encode(data, load_tokenizer(cfg.model), args.max_length)
     device = pick_device(cfg.train.device)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"{torch.get_num_threads()} CPU threads")
@@ -113,17 +116,19 @@ def main() -> None:
           f"torch {torch.__version__}, model all-MiniLM-L6-v2 + LoRA r={cfg.model.lora_r}, "
           f"batch {args.batch_size} (Poisson-sampled under DP), {args.max_length} tokens")
 
-    plain = statistics.median(step_times(cfg, dataset, dp=False, steps=args.steps))
-    dp = statistics.median(step_times(cfg, dataset, dp=True, steps=args.steps))
+    plain = statistics.median(step_times(cfg, data, dp=False, steps=args.steps))
+    dp = statistics.median(step_times(cfg, data, dp=True, steps=args.steps))
     print(f"\n1. training step (median of {args.steps})")
     print(f"   non-DP  {plain:.3f} s/step  {args.batch_size / plain:7.1f} examples/s")
     print(f"   DP-SGD  {dp:.3f} s/step  {args.batch_size / dp:7.1f} examples/s "
           "(expected batch size)")
     print(f"   ratio DP / non-DP: {dp / plain:.2f}x")
 
+    head = payload_bytes(cfg.replace(finetune="head"))
     lora = payload_bytes(cfg)
     full = payload_bytes(cfg.replace(finetune="full"))
     print("\n2. bytes each client sends per round (weights + privacy record)")
+    print(f"   head  {head:>12,d} B ({head / 2**10:.1f} KiB)")
     print(f"   LoRA  {lora:>12,d} B ({lora / 2**20:.2f} MiB)")
     print(f"   full  {full:>12,d} B ({full / 2**20:.2f} MiB)   full / LoRA: {full / lora:.0f}x")
 

@@ -50,10 +50,11 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     rows = sweep(cfg, epsilons, _resources(args), out)
     table = Table(title=f"Privacy / utility ({out})")
-    for col in ("setting", "epsilon spent (max client)", "accuracy"):
+    for col in ("setting", "finetune", "epsilon spent (max client)", "accuracy"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["setting"], f"{r['epsilon_spent_max']:.2f}", f"{r['accuracy']:.4f}")
+        table.add_row(r["setting"], r["finetune"], f"{r['epsilon_spent_max']:.2f}",
+                      f"{r['accuracy']:.4f}")
     Console().print(table)
     return 0
 

@@ -11,6 +11,7 @@ they stay in the node's state folder like the rows do, and never travel.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -93,8 +94,7 @@ def embeddings(model: TextClassifier, rows: LabelledTexts, tokenizer, max_length
         return torch.from_numpy(np.load(path))
     vectors = _embed(model, TokenRows(rows, tokenizer, max_length), device)
     if path is not None:
-        buffer = _npy_bytes(vectors.numpy())
-        write_atomic(path, buffer, mode=0o600)
+        write_atomic(path, _npy_bytes(vectors.numpy()), mode=0o600)
         _prune(cache_dir)
     return vectors
 
@@ -123,8 +123,6 @@ def _embed(model: TextClassifier, tokens: TokenRows, device: torch.device) -> to
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()

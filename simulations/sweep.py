@@ -64,25 +64,40 @@ def majority_baseline(cfg: RunConfig) -> tuple[str, float]:
 
 def sweep(cfg: RunConfig, epsilons: list[float | None], resources: SimulationResources,
           out_dir: Path) -> list[dict]:
+    """One simulation per epsilon, then the baselines a private model must beat.
+
+    Beside the majority class, every fine-tuning mode other than `head` is shown next to
+    the frozen-encoder probe (`--finetune head`) at the same budget: fine-tuning the
+    encoder spends the same privacy on far more weights, and earns it only if it wins.
+    """
     check_out_dir(out_dir)
-    runs = [(eps, setting_name(eps),
-             cfg.replace(**{"run-dir": str(out_dir / setting_name(eps)), "dp": eps is not None,
-                            "epsilon": eps or cfg.privacy.epsilon}))
+    runs = [(setting_name(eps), eps, _setting(cfg, eps, out_dir / setting_name(eps)))
             for eps in epsilons]
+    if cfg.model.finetune != "head":
+        probe = cfg.replace(finetune="head")
+        runs += [(f"probe {setting_name(eps)}", eps,
+                  _setting(probe, eps, out_dir / f"probe-{setting_name(eps)}"))
+                 for eps in epsilons]
     for *_, run_cfg in runs:  # every setting checked before the first one trains
         preflight(run_cfg, resources)
     rows = []
-    for eps, name, run_cfg in runs:
-        run_dir = simulate(run_cfg, resources)
-        final = read_rounds(run_dir)[-1]
-        rows.append({"setting": name, "epsilon_target": eps if eps else float("inf"),
+    for name, eps, run_cfg in runs:
+        final = read_rounds(simulate(run_cfg, resources))[-1]
+        rows.append({"setting": name, "finetune": run_cfg.model.finetune,
+                     "epsilon_target": eps if eps else float("inf"),
                      "epsilon_spent_max": final["epsilon_max"] if eps else float("inf"),
                      "accuracy": final["accuracy"], "loss": final["loss"]})
     label, acc = majority_baseline(cfg)
-    rows.append({"setting": f"majority class ({label})", "epsilon_target": 0.0,
+    rows.append({"setting": f"majority class ({label})", "finetune": "-", "epsilon_target": 0.0,
                  "epsilon_spent_max": 0.0, "accuracy": acc, "loss": float("nan")})
     _write(rows, out_dir)
     return rows
+
+
+def _setting(cfg: RunConfig, eps: float | None, run_dir: Path) -> RunConfig:
+    """`cfg` at one epsilon (None: without DP), writing to `run_dir`."""
+    return cfg.replace(**{"run-dir": str(run_dir), "dp": eps is not None,
+                          "epsilon": eps or cfg.privacy.epsilon})
 
 
 def _write(rows: list[dict], out_dir: Path) -> None:
