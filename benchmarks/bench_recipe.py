@@ -83,11 +83,12 @@ def full_preset(out: Path, mode: str, extra: list[str]) -> None:
     results = {}
     for finetune in ("head", mode):
         run_dir = out / f"full-{finetune}"
+        flags = extra if finetune != "head" else []  # the probe keeps the preset's defaults
         started = time.monotonic()
         fedpriv("simulate", "--preset", "full", "--finetune", finetune, "--run-dir",
-                str(run_dir), *(extra if finetune != "head" else []))
+                str(run_dir), *flags)
         results[finetune] = final_accuracy(run_dir)
-        print(f"3. full preset, epsilon 8, --finetune {finetune} {' '.join(extra)}: accuracy "
+        print(f"3. full preset, epsilon 8, --finetune {finetune} {' '.join(flags)}: accuracy "
               f"{results[finetune]:.3f} in {time.monotonic() - started:.0f} s, audit "
               f"{audited(run_dir)}")
     print(f"   {mode} - frozen probe: {100 * (results[mode] - results['head']):+.1f} points")
