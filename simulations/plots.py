@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from common.errors import FedPrivError  # noqa: E402
 from common.ledger.entry import record_of_entry  # noqa: E402
@@ -63,6 +64,7 @@ def _plot_accuracy(rounds: list[dict], path: Path) -> None:
     ax.plot([r["round"] for r in rounds], [r["accuracy"] for r in rounds], marker="o",
             label="global model, held-out set")
     ax.set(xlabel="round", ylabel="accuracy", title="Accuracy per round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -77,6 +79,7 @@ def _plot_epsilon(per_node: dict[int, list[tuple[int, float]]], budgets: set[flo
         ax.plot(*zip(*sorted(points), strict=True), marker="o", label=f"client {i} ({node})")
     for budget in sorted(budgets):
         ax.axhline(budget, color="red", linestyle="--", linewidth=1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="round", ylabel="epsilon spent (cumulative)",
            title="Privacy spent per client (red: budget)")
     ax.grid(alpha=0.3)
