@@ -1,7 +1,7 @@
 """The final model as a sentence-transformers folder: encoder, pooling, the trained head.
 
 `SentenceTransformer(folder).encode(texts)` returns the logits, so one line of a
-well-known library loads and runs it (docs/model.md). A plain `transformers` sequence
+well-known library loads and runs it (docs/recipe.md). A plain `transformers` sequence
 classifier cannot carry the model's mean pooling; sentence-transformers is the format
 the default encoder itself ships in.
 """

@@ -88,14 +88,14 @@ def features(model: TextClassifier, rows: LabelledTexts, tokenizer, cfg: ModelCo
 def embeddings(model: TextClassifier, rows: LabelledTexts, tokenizer, max_length: int,
                device: torch.device, cache_dir: Path | None) -> torch.Tensor:
     """The pooled embedding of every row, from `cache_dir` when it holds them."""
-    key = cache_key(model, rows, max_length)
-    path = cache_dir / f"embeddings-{key[:32]}.npy" if cache_dir is not None else None
-    if path is not None and path.exists():
+    if cache_dir is None:  # the server's held-out rows: embedded once per run, in memory
+        return _embed(model, TokenRows(rows, tokenizer, max_length), device)
+    path = cache_dir / f"embeddings-{cache_key(model, rows, max_length)[:32]}.npy"
+    if path.exists():
         return torch.from_numpy(np.load(path))
     vectors = _embed(model, TokenRows(rows, tokenizer, max_length), device)
-    if path is not None:
-        write_atomic(path, _npy_bytes(vectors.numpy()), mode=0o600)
-        _prune(cache_dir)
+    write_atomic(path, _npy_bytes(vectors.numpy()), mode=0o600)
+    _prune(cache_dir)
     return vectors
 
 

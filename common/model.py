@@ -78,9 +78,10 @@ def pooling_of(cfg: ModelConfig) -> Pooling:
     modules = _json(folder / "modules.json") if cfg.model != "tiny" else None
     if not isinstance(modules, list):
         return Pooling("mean", normalize=False)
-    types = [str(m.get("type", "")) for m in modules if isinstance(m, dict)]
-    pooling_dirs = [m.get("path", "") for m in modules
-                    if isinstance(m, dict) and str(m.get("type", "")).endswith(".Pooling")]
+    entries = [(str(m.get("type", "")), str(m.get("path", ""))) for m in modules
+               if isinstance(m, dict)]
+    types = [kind for kind, _ in entries]
+    pooling_dirs = [path for kind, path in entries if kind.endswith(".Pooling")]
     settings = _json(folder / pooling_dirs[0] / "config.json") if pooling_dirs else None
     cls = isinstance(settings, dict) and bool(settings.get("pooling_mode_cls_token"))
     mode = "cls" if cls else "mean"
