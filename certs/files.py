@@ -11,7 +11,13 @@ Two kinds of material, because Flower 1.42 uses two mechanisms:
 * SuperNode authentication: each partner makes an EC P-384 key pair in OpenSSH format
   (``node-NAME.key``/``node-NAME.pub``); the SuperNode signs its requests with the
   private key and the coordinator registers the public key with
-  ``flwr supernode register``. Made by ``certs.node_keys``.
+  ``flwr supernode register``. With it, the node's ledger signing pair (Ed25519,
+  ``node-NAME.ledger.key``/``.pub``); the coordinator keeps the public half admitted as
+  ``ledger-keys/NAME.pub``. Made by ``certs.node_keys``.
+
+The CA's private key lives in a folder of its own (``ca-private/`` beside ``--dir`` by
+default): the coordinator's running server needs only ``ca.pem``, ``server.pem`` and
+``server.key``, and ``fedpriv server`` refuses a folder that also holds ``ca.key``.
 
 Every file is written atomically (temporary file, fsync, rename) and never replaces an
 existing one unless ``force`` is set; private keys are created with mode 0600.
@@ -30,6 +36,8 @@ from common.errors import FedPrivError
 from common.files import blocking_file, write_atomic
 
 DEFAULT_DIR = Path("certs/generated")
+CA_KEY_DIR_NAME = "ca-private"
+LEDGER_KEYS_DIR = "ledger-keys"
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 SERVER_CERT = "server.pem"
@@ -55,6 +63,7 @@ class Issued:
     files: tuple[Path, ...]
     not_after: datetime | None = None
     fingerprint: str | None = None
+    ledger_key: str | None = None  # hex of a node's Ed25519 ledger public key
 
 
 def node_key_paths(directory: Path, name: str) -> tuple[Path, Path]:
@@ -65,6 +74,41 @@ def node_key_paths(directory: Path, name: str) -> tuple[Path, Path]:
             "starting with a letter or digit"
         )
     return directory / f"node-{name}.key", directory / f"node-{name}.pub"
+
+
+def node_names(directory: Path, suffixes: tuple[str, ...] = (".key", ".pub")) -> list[str]:
+    """The names of the nodes whose authentication key files (of these suffixes) are here."""
+    if not directory.is_dir():
+        return []
+    found = {p.stem[len("node-"):] for suffix in suffixes
+             for p in directory.glob(f"node-*{suffix}")}
+    return sorted(name for name in found if not name.endswith(".ledger"))
+
+
+def ledger_key_paths(directory: Path, name: str) -> tuple[Path, Path]:
+    """A partner's ledger signing key and its public half, beside its node key."""
+    key_path, _ = node_key_paths(directory, name)
+    return key_path.with_suffix(".ledger.key"), key_path.with_suffix(".ledger.pub")
+
+
+def admitted_ledger_key_path(directory: Path, name: str) -> Path:
+    """Where the coordinator keeps node ``name``'s admitted ledger key (auditors' --keys)."""
+    node_key_paths(directory, name)  # checks the name
+    return directory / LEDGER_KEYS_DIR / f"{name}.pub"
+
+
+def ca_private_dir(directory: Path, explicit: Path | None = None) -> Path:
+    """The CA private key's own folder: ``explicit``, else ``ca-private`` beside ``directory``.
+
+    Never ``directory`` itself or a folder inside it: that folder is what the running
+    coordinator reads.
+    """
+    folder = Path(explicit) if explicit is not None else (
+        Path(directory).resolve().parent / CA_KEY_DIR_NAME)
+    if folder.resolve().is_relative_to(Path(directory).resolve()):
+        raise CertError(f"invalid --ca-key-dir {folder}: it must not be {directory} or inside "
+                        "it (that folder is what the coordinator's server reads)")
+    return folder
 
 
 def check_dir(directory: Path) -> None:

@@ -28,6 +28,7 @@ from certs.files import (
     SERVER_KEY,
     CertError,
     Issued,
+    ca_private_dir,
     check_dir,
     refuse_existing,
     write_file,
@@ -138,16 +139,21 @@ def create_ca(
     common_name: str = "fedpriv federation CA",
     force: bool = False,
     not_before: datetime | None = None,
+    key_dir: Path | None = None,
 ) -> Issued:
-    """Create a self-signed CA (``ca.pem``, ``ca.key``) that signs the server certificate.
+    """Create a self-signed CA that signs the server certificate.
 
+    ``ca.pem`` goes to ``directory`` (it is public); ``ca.key`` to a folder of its own
+    (``certs.files.ca_private_dir``), never where the running coordinator reads its files.
     ``not_before`` defaults to an hour ago; tests set it to make expired certificates.
     """
     _check_days(days)
     check_dir(directory)
     if not 1 <= len(common_name) <= 64:  # X.509 upper bound for a common name
         raise CertError(f"invalid --common-name {common_name!r}: must be 1-64 characters")
-    cert_path, key_path = directory / CA_CERT, directory / CA_KEY
+    private_dir = ca_private_dir(directory, key_dir)
+    check_dir(private_dir)
+    cert_path, key_path = directory / CA_CERT, private_dir / CA_KEY
     refuse_existing((cert_path, key_path), force)
     key = _new_key(key_type)
     start, end = _validity(days, not_before)
@@ -155,12 +161,12 @@ def create_ca(
     return _write_pair(cert_path, cert, key_path, key, force)
 
 
-def _load_ca(directory: Path) -> tuple[x509.Certificate, PrivateKey]:
-    cert_path, key_path = directory / CA_CERT, directory / CA_KEY
+def _load_ca(directory: Path, key_dir: Path | None) -> tuple[x509.Certificate, PrivateKey]:
+    cert_path, key_path = directory / CA_CERT, ca_private_dir(directory, key_dir) / CA_KEY
     for path in (cert_path, key_path):
         if not path.is_file():
             raise CertError(f"CA file {path} not found; create the CA first with "
-                            f"`fedpriv certs ca --dir {directory}`")
+                            f"`fedpriv certs ca --dir {directory}` (or pass --ca-key-dir)")
     cert = check_certificate(cert_path)
     if not is_ca(cert):
         raise CertError(f"{cert_path} is not a CA certificate (basicConstraints CA is not set); "
@@ -257,6 +263,7 @@ def issue_server_cert(
     include_loopback: bool = True,
     force: bool = False,
     not_before: datetime | None = None,
+    ca_key_dir: Path | None = None,
 ) -> Issued:
     """Issue the SuperLink's TLS certificate (``server.pem``, ``server.key``) from the CA.
 
@@ -271,7 +278,7 @@ def issue_server_cert(
     dns, ips = _server_names(dns_names, ip_addresses, include_loopback)
     cert_path, key_path = directory / SERVER_CERT, directory / SERVER_KEY
     refuse_existing((cert_path, key_path), force)
-    ca_cert, ca_key = _load_ca(directory)
+    ca_cert, ca_key = _load_ca(directory, ca_key_dir)
     key = _new_key(key_type)
     start, end = _server_validity(directory, ca_cert, days, not_before)
     cert = _build_server_cert(key, ca_cert=ca_cert, ca_key=ca_key, dns_names=dns, ips=ips,

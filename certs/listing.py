@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from certs.files import DEFAULT_DIR, CertError
+from certs.files import DEFAULT_DIR, CertError, node_names
 from certs.node_keys import ssh_fingerprint
 from certs.verify import certificate_names, check_node_key, check_node_public_key, is_ca
 
@@ -88,8 +88,4 @@ def _node_key_info(directory: Path, name: str) -> NodeKeyInfo:
 
 def list_node_keys(directory: Path = DEFAULT_DIR) -> list[NodeKeyInfo]:
     """The SuperNode key pairs (``node-NAME.key``/``.pub``) in ``directory``."""
-    if not directory.is_dir():
-        return []
-    names = sorted({p.stem[len("node-"):] for p in directory.glob("node-*.key")}
-                   | {p.stem[len("node-"):] for p in directory.glob("node-*.pub")})
-    return [_node_key_info(directory, name) for name in names]
+    return [_node_key_info(directory, name) for name in node_names(directory)]

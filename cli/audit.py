@@ -6,14 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cli.audit_report import print_report, render_html
+from cli.audit_report import print_report, render_html, report_console
 from common.audit import DEFAULT_TOLERANCE, AuditReport, audit
 from common.errors import FedPrivError
 from common.files import blocking_file, write_atomic
 
 
 def add_audit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """`fedpriv audit LEDGER --keys KEYS_DIR [--html F] [--json F] [--compare OTHER]`."""
+    """`fedpriv audit LEDGER --keys KEYS_DIR [--html F] [--json F] [--compare OTHER]
+    [--budgets FILE] [--absent NODE]...`."""
     parser.add_argument("ledger", metavar="LEDGER",
                         help="a node's own ledger or the server's combined one (JSONL)")
     parser.add_argument("--keys", required=True, metavar="KEYS_DIR",
@@ -22,6 +23,13 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
     parser.add_argument("--compare", metavar="OTHER_LEDGER",
                         help="another copy to check against (a node's own vs the server's)")
+    parser.add_argument("--budgets", metavar="FILE",
+                        help="the budgets each partner declared to you (JSON or TOML: node "
+                             "name or key -> max-epsilon, delta): records are held to them")
+    parser.add_argument("--absent", action="append", default=[], metavar="NODE",
+                        help="a trusted node that took no part or left before the end: no "
+                             "records or end-of-run attestation are required of it "
+                             "(repeatable)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="relative amount a claimed epsilon may fall below the "
                              f"recomputed one (default {DEFAULT_TOLERANCE})")
@@ -33,15 +41,12 @@ def run_audit_command(args: argparse.Namespace) -> int:
 
     Unusable input raises FedPrivError, which `fedpriv` prints as one line (exit 2).
     """
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:  # a pipe or file: do not squeeze the table into 80 columns
-        console = Console(width=max(console.width, 132))
+    console = report_console()
     if not 0 <= args.tolerance < 1:
         raise FedPrivError(f"invalid --tolerance {args.tolerance}: must be in [0, 1)")
     outputs = _check_outputs(args)  # before the audit: a bad path costs nothing
-    report = audit(args.ledger, args.keys, compare=args.compare, tolerance=args.tolerance)
+    report = audit(args.ledger, args.keys, compare=args.compare, tolerance=args.tolerance,
+                   budgets=args.budgets, absent=args.absent)
     texts = [(path, render(report)) for path, render in outputs]
     print_report(report, console)
     for path, text in texts:

@@ -27,6 +27,12 @@ def _force(parser: argparse.ArgumentParser) -> None:
                         help="replace existing files (by default they are never overwritten)")
 
 
+def _ca_key_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ca-key-dir", type=Path, default=None, metavar="DIR",
+                        help=f"folder of the CA's private key, apart from --dir (default: "
+                             f"{files.CA_KEY_DIR_NAME}/ beside --dir); keep it offline if you can")
+
+
 def _key_type(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--key-type", choices=issue.KEY_TYPES, default="ec",
                         help="ec = ECDSA P-256 (default), rsa = RSA 3072")
@@ -52,6 +58,7 @@ def add_certs_arguments(
                         help="create the certificate authority (coordinator)")
     ca.add_argument("--common-name", default="fedpriv federation CA",
                     help="the CA's subject common name")
+    _ca_key_dir(ca)
     _key_type(ca)
     _force(ca)
 
@@ -64,20 +71,24 @@ def add_certs_arguments(
     server.add_argument("--no-loopback", dest="loopback", action="store_false",
                         help="leave out localhost and 127.0.0.1, which are included by default "
                              "because the SuperLink's own SuperExec connects over loopback")
+    _ca_key_dir(server)
     _key_type(server)
     _force(server)
 
     node = sub.add_parser("node", parents=[_common(None)],
-                          help="create a SuperNode authentication key pair (partner)")
-    node.add_argument("name", help="node name: the files are node-NAME.key and node-NAME.pub")
+                          help="create a node's authentication and ledger key pairs (partner)")
+    node.add_argument("name", help="node name: the files are node-NAME.key/.pub "
+                                   "(authentication) and node-NAME.ledger.key/.pub (ledger)")
     _force(node)
 
     admit = sub.add_parser("admit", parents=[_common(None)],
-                           help="check a partner's public key and keep it as node-NAME.pub "
-                                "(coordinator)")
+                           help="check a partner's two public keys and keep them as "
+                                "node-NAME.pub and ledger-keys/NAME.pub (coordinator)")
     admit.add_argument("name", help="the partner's node name")
     admit.add_argument("public_key", type=Path, metavar="PUBLIC_KEY",
                        help="the node-NAME.pub file the partner sent")
+    admit.add_argument("ledger_key", type=Path, metavar="LEDGER_KEY",
+                       help="the node-NAME.ledger.pub file the partner sent")
     _force(admit)
 
     sub.add_parser("list", parents=[_common(None)],
@@ -92,39 +103,46 @@ def _print_files(issued: files.Issued) -> None:
         print(f"valid until {issued.not_after:%Y-%m-%d %H:%M} UTC")
     if issued.fingerprint is not None:
         print(f"fingerprint {issued.fingerprint}")
+    if issued.ledger_key is not None:
+        print(f"ledger key {issued.ledger_key}")
 
 
 def _run_ca(args: argparse.Namespace) -> None:
     issued = issue.create_ca(args.dir, days=args.days, key_type=args.key_type,
-                             common_name=args.common_name, force=args.force)
+                             common_name=args.common_name, force=args.force,
+                             key_dir=args.ca_key_dir)
     _print_files(issued)
-    print(f"send {args.dir / files.CA_CERT} to every partner; keep "
-          f"{args.dir / files.CA_KEY} private (offline if you can)")
+    cert_path, key_path = issued.files
+    print(f"send {cert_path} to every partner; keep {key_path} private, away from the "
+          "coordinator's server (offline if you can)")
 
 
 def _run_server(args: argparse.Namespace) -> None:
     issued = issue.issue_server_cert(args.dir, dns_names=args.dns, ip_addresses=args.ip,
                                      days=args.days, key_type=args.key_type,
-                                     include_loopback=args.loopback, force=args.force)
+                                     include_loopback=args.loopback, force=args.force,
+                                     ca_key_dir=args.ca_key_dir)
     _print_files(issued)
     cert = verify.check_certificate(issued.files[0])
     print("names: " + ", ".join(verify.certificate_names(cert)))
 
 
 def _run_node(args: argparse.Namespace) -> None:
-    issued = node_keys.create_node_auth_key(args.dir, args.name, force=args.force)
+    issued = node_keys.create_node_keys(args.dir, args.name, force=args.force)
     _print_files(issued)
-    key_path, pub_path = issued.files
-    print(f"send {pub_path} to the coordinator and read them the fingerprint; "
-          f"{key_path} never leaves this machine")
-    print(f"start the node with: flower-supernode ... --auth-supernode-private-key {key_path}")
+    key_path, pub_path, ledger_path, ledger_pub_path = issued.files
+    print(f"send {pub_path} and {ledger_pub_path} to the coordinator and read them the "
+          f"fingerprint and ledger key; {key_path} and {ledger_path} never leave this machine")
+    print(f"start the node with: fedpriv client ... --node-key {key_path}")
 
 
 def _run_admit(args: argparse.Namespace) -> None:
-    issued = node_keys.admit_node_key(args.dir, args.name, args.public_key, force=args.force)
+    issued = node_keys.admit_node_key(args.dir, args.name, args.public_key, args.ledger_key,
+                                      force=args.force)
     _print_files(issued)
-    print("confirm the fingerprint with the partner, then register the node with the "
-          f"running SuperLink: flwr supernode register {issued.files[0]} <connection>")
+    print("confirm the fingerprint and ledger key with the partner; `fedpriv server "
+          f"--certs-dir {args.dir}` then registers the node and accepts its records only "
+          "under that ledger key")
 
 
 def _run_list(args: argparse.Namespace) -> None:

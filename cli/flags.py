@@ -12,6 +12,8 @@ from common.config import SECTIONS, RunConfig, key_of
 from common.errors import ConfigError
 
 RESUME_KEY = "resume"
+# Set by the command itself, never by a flag: `fedpriv server` writes the admitted keys.
+NO_FLAG = (RESUME_KEY, "ledger-keys")
 
 
 def add_run_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +23,8 @@ def add_run_config_flags(parser: argparse.ArgumentParser) -> None:
         hints = get_type_hints(cls)
         for f in fields(cls):
             key, hint = key_of(f.name), hints[f.name]
-            if key == RESUME_KEY:
-                continue  # --resume RUN_DIR below
+            if key in NO_FLAG:
+                continue  # --resume RUN_DIR below; ledger-keys from `fedpriv server`
             if hint is bool:
                 group.add_argument(f"--{key}", action=argparse.BooleanOptionalAction,
                                    default=None, help=f"(default: {defaults[key]})")
@@ -40,7 +42,7 @@ def add_resume_flag(parser: argparse.ArgumentParser) -> None:
 
 def run_config_from(args: argparse.Namespace, base: dict | None = None) -> RunConfig:
     """The run config the flags give, over `base`; or a resumed run's saved one."""
-    given = {key: value for key in RunConfig().to_flat() if key != RESUME_KEY
+    given = {key: value for key in RunConfig().to_flat() if key not in NO_FLAG
              and (value := getattr(args, key.replace("-", "_"), None)) is not None}
     if getattr(args, "resume", None) is not None:
         from server.rundir import saved_run

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import audit, certs, coordinator, partner, simulate
+from cli import audit, certs, coordinator, empirical, partner, simulate
 from common.environment import offline_and_quiet
 from common.errors import FedPrivError
 
@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_audit_arguments(sub.add_parser(
         "audit", help="verify a privacy ledger: signatures, chains, recomputed epsilon (PRV "
         "and RDP), budgets")).set_defaults(handler=audit.run_audit_command)
+    empirical.add_empirical_arguments(sub.add_parser(
+        "audit-empirical", help="empirical privacy audit: a simulated run with canaries, and "
+        "the epsilon lower bound their guessing proves, beside the claimed epsilon"
+        )).set_defaults(handler=empirical.run_empirical_command)
     coordinator.add_server_arguments(sub.add_parser(
         "server", help="coordinator: start a SuperLink (TLS, node authentication), admit "
         "node keys, run the federation, stop")).set_defaults(

@@ -1,22 +1,34 @@
-"""`fedpriv client`: a partner's SuperNode, checked before it connects.
+"""`fedpriv client`: a partner's node, checked before it connects.
 
 Everything a partner can get wrong is checked first and reported in one line: the root
-certificate and node key files, the data file (loaded as the ClientApp will load it),
-the budget, whether the coordinator answers, and whether its TLS certificate verifies
-against the partner's ``ca.pem`` for the address dialled. Then ``flower-supernode`` runs
-until it exits; Ctrl-C and SIGTERM stop it.
+certificate, node key and ledger key files, the data file (loaded as the ClientApp will
+load it), the budget, whether the coordinator answers, and whether its TLS certificate
+verifies against the partner's ``ca.pem`` for the address dialled.
+
+Then two things run until the SuperNode exits (Ctrl-C and SIGTERM stop both):
+
+* ``flower-supernode`` with ``--isolation process`` and a SuperExec secret (0600 in the
+  state dir): it talks to the coordinator and queues each message as a task, but runs no
+  app code, and only a holder of the secret can claim its tasks;
+* this process, as the node's executor (``client.executor``): it claims the tasks and
+  answers them with the ClientApp installed here, for runs of approved apps only (by
+  default the FAB of this very installation; more with ``--approve-app HASH``). Nothing
+  from a run's FAB is installed or imported on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+import re
 import socket
 import ssl
 import sys
 from pathlib import Path
 
 from certs import verify
+from cli.app_package import app_files, fab_hash, find_app_dir
 from cli.processes import (
     LaunchError,
     Service,
@@ -25,16 +37,19 @@ from cli.processes import (
     flower_exit,
     key_values,
     parse_address,
+    private_umask,
     sigterm_as_interrupt,
     warn_insecure,
 )
-from common.errors import ConfigError, require
-from common.files import blocking_file
+from common.errors import ConfigError, LedgerError, require
+from common.files import blocking_file, ensure_secret, private_dir
 from common.net import unreachable
 
 DEFAULT_STATE_DIR = Path("~/.fedpriv/node")
 DEFAULT_LOCAL_PORT = 9094
 CONNECT_TIMEOUT = 5.0
+SECRET_FILE = "superexec.secret"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def _refusal_hint(reason: str) -> str:
@@ -42,7 +57,7 @@ def _refusal_hint(reason: str) -> str:
     if "activate" in reason:
         return ("the coordinator has not registered this node's public key: send them "
                 "node-NAME.pub and ask them to admit it")
-    if "disconnected" in reason or "without sending" in reason:
+    if any(sign in reason for sign in ("disconnected", "without sending", "reset by peer")):
         return "is the coordinator running with TLS? an --insecure node cannot talk to it"
     if "CERTIFICATE_VERIFY_FAILED" in reason:
         return "the coordinator's certificate does not verify against --root-cert"
@@ -140,9 +155,58 @@ def check_data(args: argparse.Namespace) -> str:
     return f"{len(data)} rows, labels {', '.join(data.label_names)}"
 
 
+def ledger_key_path(args: argparse.Namespace) -> Path | None:
+    """The node's ledger signing key: --ledger-key, else the one beside --node-key.
+
+    None with --insecure and no --ledger-key: the node keeps one in its state dir.
+    """
+    if args.ledger_key is not None:
+        return args.ledger_key
+    if args.node_key is None:
+        return None
+    return args.node_key.with_name(args.node_key.name.removesuffix(".key") + ".ledger.key")
+
+
+def check_ledger_key(path: Path | None) -> None:
+    from common.ledger.keys import load_private_key
+
+    if path is None:
+        return
+    try:
+        load_private_key(path)
+    except LedgerError as exc:
+        raise ConfigError(f"--ledger-key: {exc} (`fedpriv certs node NAME` makes it beside "
+                          "the node key)") from None
+
+
+def approved_apps(extra: list[str], app_dir: Path | None) -> dict[str, str]:
+    """sha256 -> where it comes from: this installation's app, and each --approve-app."""
+    approved: dict[str, str] = {}
+    try:
+        approved[fab_hash(app_files(find_app_dir(app_dir)))] = "this installation"
+    except ConfigError:
+        if app_dir is not None:
+            raise
+    for value in extra:
+        digest = value.strip().lower()
+        require(bool(_SHA256.fullmatch(digest)), "--approve-app", value,
+                "must be an app's sha256, 64 hex digits (the coordinator's `fedpriv server` "
+                "prints it; `flwr ls` shows it as fab-hash)")
+        approved.setdefault(digest, "--approve-app")
+    if not approved:
+        raise ConfigError("no app is approved on this node: run it from a fedpriv checkout, "
+                          "or pass --approve-app HASH (or --app-dir)")
+    return approved
+
+
 def node_config(args: argparse.Namespace, state_dir: Path) -> dict[str, str | float]:
     """What the ClientApp reads from ``context.node_config``: the node's own settings."""
-    from client.node import DELTA_KEY, MAX_EPSILON_KEY, STATE_DIR_KEY  # imports flwr: late
+    from client.node import (  # imports flwr: late
+        DELTA_KEY,
+        LEDGER_KEY_KEY,
+        MAX_EPSILON_KEY,
+        STATE_DIR_KEY,
+    )
 
     config: dict[str, str | float] = {
         "data-path": str(args.data.resolve()), "text-column": args.text_column,
@@ -150,12 +214,18 @@ def node_config(args: argparse.Namespace, state_dir: Path) -> dict[str, str | fl
         MAX_EPSILON_KEY: float(args.max_epsilon), STATE_DIR_KEY: str(state_dir)}
     if args.delta is not None:
         config[DELTA_KEY] = float(args.delta)
+    if (ledger_key := ledger_key_path(args)) is not None:
+        config[LEDGER_KEY_KEY] = str(ledger_key.resolve())
     return config
 
 
-def supernode_command(args: argparse.Namespace, config: dict[str, str | float]) -> list[str]:
+def supernode_command(args: argparse.Namespace, config: dict[str, str | float],
+                      secret: Path) -> list[str]:
+    """``flower-supernode`` in process isolation: it runs no app code, and only a process
+    holding `secret` can claim its tasks."""
     command = [executable("flower-supernode"), "--superlink", args.coordinator,
-               "--node-config", key_values(config), "--port", str(args.port)]
+               "--node-config", key_values(config), "--port", str(args.port),
+               "--isolation", "process", "--superexec-auth-secret-file", str(secret)]
     if args.insecure:
         command.append("--insecure")
     else:
@@ -188,9 +258,19 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                              "beyond it, whatever the coordinator asks")
     parser.add_argument("--delta", type=float, default=None,
                         help="the largest delta this node accepts (default: the run's)")
+    parser.add_argument("--ledger-key", type=Path, default=None, metavar="NODE-NAME.LEDGER.KEY",
+                        help="the key this node signs its privacy records with (default: "
+                             "node-NAME.ledger.key beside --node-key)")
+    parser.add_argument("--approve-app", action="append", default=[], metavar="SHA256",
+                        help="also take part in runs of the app with this sha256, after "
+                             "reviewing it (default: only this installation's own app; "
+                             "repeatable)")
+    parser.add_argument("--app-dir", type=Path, default=None,
+                        help="the fedpriv checkout whose app this node approves by default "
+                             "(default: this installation)")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                        help="this node's ledger, signing key and privacy spend, kept across "
-                             f"runs (default {DEFAULT_STATE_DIR})")
+                        help="this node's ledger, privacy spend and secret, kept across runs "
+                             f"(0700; default {DEFAULT_STATE_DIR})")
     parser.add_argument("--port", type=int, default=DEFAULT_LOCAL_PORT,
                         help="the SuperNode's local port; nodes on one machine need different "
                              f"ports (default {DEFAULT_LOCAL_PORT})")
@@ -216,32 +296,46 @@ def _check_files(args: argparse.Namespace) -> None:
 
 
 def run_client_command(args: argparse.Namespace) -> int:
-    """``fedpriv client``: check everything, then run the SuperNode until it exits."""
+    """``fedpriv client``: check everything, then run the SuperNode and this node's executor
+    until the SuperNode exits."""
     host, port = parse_address(args.coordinator, "--coordinator")
     _check_files(args)
+    check_ledger_key(ledger_key_path(args))
     check_budget_flags(args.max_epsilon, args.delta)
     check_max_wait_time(args.max_wait_time)
     state_dir = check_state_dir(args.state_dir)
     check_local_port(args.port)
+    approved = approved_apps(args.approve_app, args.app_dir)
     print(f"fedpriv: data {args.data}: {check_data(args)}", flush=True)
     check_reachable(host, port)
     if args.insecure:
         warn_insecure("this node talks to the coordinator")
     else:
         check_tls(host, port, args.root_cert)
+    private_umask()
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(state_dir)
     except OSError as err:
         raise ConfigError(f"invalid --state-dir {args.state_dir}: cannot create it "
                           f"({err.strerror or err})") from None
-    command = supernode_command(args, node_config(args, state_dir))
+    secret = state_dir / SECRET_FILE
+    ensure_secret(secret)
+    from client.app import app as client_app  # torch and transformers: seconds to import
+    from client.executor import ApprovedApps, serve
+
+    command = supernode_command(args, node_config(args, state_dir), secret)
     print(f"fedpriv: starting SuperNode for {args.coordinator} (max epsilon "
           f"{args.max_epsilon:g}); state {state_dir}", flush=True)
-    # Flower installs each run's app under FLWR_HOME: keep it with the node's state.
+    for digest, origin in approved.items():
+        print(f"fedpriv: approved app sha256 {digest} ({origin})", flush=True)
+    _log_to_stdout()
+    # Flower keeps its own files under FLWR_HOME: keep them with the node's state.
     env = child_env(FLWR_HOME=str(state_dir / "flwr-home"))
     with sigterm_as_interrupt():
         node = Service("flower-supernode", command, env, output=sys.stdout)
         try:
+            serve(f"127.0.0.1:{args.port}", secret.read_bytes(),
+                  ApprovedApps(frozenset(approved)), client_app, keep_going=node.alive)
             code = node.wait()
         finally:
             node.stop(grace=15)
@@ -250,3 +344,14 @@ def run_client_command(args: argparse.Namespace) -> int:
         reason = reported[1] if reported else node.last_error()
         raise LaunchError(f"flower-supernode stopped: {reason} ({_refusal_hint(reason)})")
     return 0
+
+
+def _log_to_stdout() -> None:
+    """The executor's and the ClientApp's log lines, beside the SuperNode's."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    fedpriv = logging.getLogger("fedpriv")
+    fedpriv.addHandler(handler)
+    fedpriv.setLevel(logging.INFO)
+    fedpriv.propagate = False  # Flower's own handlers would print each line again
+    logging.getLogger("httpx").setLevel(logging.WARNING)

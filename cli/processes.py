@@ -42,6 +42,15 @@ def warn_insecure(what: str) -> None:
           flush=True)
 
 
+def private_umask() -> None:
+    """What this process and its children create is its owner's only (umask 077).
+
+    Flower creates its database, logs and run configs with the default mode; under this
+    umask they come out 0600 (folders 0700) without a chmod racing them.
+    """
+    os.umask(0o077)
+
+
 def executable(name: str) -> str:
     """Path of a console script installed with Flower, preferring our own environment."""
     beside = Path(sys.executable).parent / name

@@ -20,7 +20,7 @@ def run_simulate_command(args: argparse.Namespace) -> int:
     base = dict(PRESETS[args.preset])
     base["run-dir"] = f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = run_config_from(args, base)  # before the heavy imports: a bad flag answers at once
-    resources = _resources(args)
+    resources = simulation_resources(args)
 
     from simulations.plots import plot_run
     from simulations.run import simulate
@@ -32,7 +32,7 @@ def run_simulate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resources(args: argparse.Namespace):
+def simulation_resources(args: argparse.Namespace):
     from simulations.run import SimulationResources
 
     return SimulationResources(num_clients=args.num_clients, client_cpus=args.client_cpus,
@@ -48,7 +48,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     epsilons = parse_epsilons(args.epsilons)
     cfg = run_config_from(args, dict(PRESETS[args.preset]))
     out = Path(args.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    rows = sweep(cfg, epsilons, _resources(args), out)
+    rows = sweep(cfg, epsilons, simulation_resources(args), out)
     table = Table(title=f"Privacy / utility ({out})")
     for col in ("setting", "finetune", "epsilon spent (max client)", "accuracy"):
         table.add_column(col, justify="right")

@@ -22,13 +22,14 @@ from flwr.clientapp import ClientApp
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader
 
+from client.attestation import attest, closed_run
+from client.canaries import canary_features
 from client.node import NodeFiles, PrivacyState, budget_of, local_data, node_index
 from client.outbox import Outbox, Outgoing
+from client.request import Request
 from common import privacy
-from common.config import RunConfig
 from common.data import LabelledTexts
 from common.features import Features, features
-from common.ledger.entry import entry_hash
 from common.ledger.provenance import data_commitment, fingerprint_arrays, make_extra
 from common.ledger.record import PrivacyRecord
 from common.ledger.store import NodeLedger
@@ -48,7 +49,7 @@ from common.training import (
     make_optimizer,
     train_steps,
 )
-from common.wire import LEDGER_HEAD_KEY, LEDGER_RUN_KEY, entry_recorddict, from_record, to_record
+from common.wire import entry_recorddict, from_record, to_record
 
 app = ClientApp()
 log = logging.getLogger("fedpriv.client")
@@ -60,13 +61,9 @@ class NodeRound:
     def __init__(self, msg: Message, context: Context, kind: str) -> None:
         self.started_at = time.time()
         self.kind = kind
-        config = dict(msg.content["config"])
-        self.server_round = int(config.pop("server-round"))
-        # The run this node's records belong to: Flower's run, or for a resumed federation
-        # the first run's id, so plan and spend carry on under one key.
-        self.run_id = int(config.pop(LEDGER_RUN_KEY, context.run_id))
-        self.ledger_head = str(config.pop(LEDGER_HEAD_KEY, ""))
-        self.cfg = RunConfig.from_flat(config)
+        request = Request.of(msg, context)
+        self.server_round, self.run_id = request.server_round, request.run_id
+        self.ledger_head, self.cfg = request.ledger_head, request.cfg
         self.msg, self.context = msg, context
         self.budget = budget_of(self.cfg, context.node_config)
         self.files = NodeFiles.of(self.cfg, context)
@@ -95,21 +92,8 @@ class NodeRound:
 
     def record(self, kind: str, **fields: object) -> PrivacyRecord:
         """This node's record for the round, from its plan and accountant history."""
-        run_id = self.run_id
-        p = self.state.plan(run_id)
-        base = dict(run_id=run_id, round=self.server_round, node_id=self.context.node_id,
-                    kind=kind, mechanism="none", accountant="", noise_multiplier=0.0,
-                    sample_rate=0.0, steps=0,
-                    total_steps=sum(n for *_, n in self.state.run_history(run_id)),
-                    max_grad_norm=0.0, delta=self.budget.delta, epsilon=0.0,
-                    epsilon_budget=self.budget.epsilon)
-        if p is not None:
-            base.update(mechanism=privacy.MECHANISM, accountant=p.accountant,
-                        noise_multiplier=p.noise_multiplier, sample_rate=p.sample_rate,
-                        max_grad_norm=p.max_grad_norm,
-                        epsilon=privacy.epsilon(self.state.history(), p.delta,
-                                                      p.accountant))
-        return PrivacyRecord(**{**base, **fields})
+        return self.state.record(self.run_id, self.server_round, self.context.node_id, kind,
+                                 self.budget, **fields)
 
     def reply(self, record: PrivacyRecord, metrics: dict[str, float] | None = None,
               sent: dict[str, np.ndarray] | None = None) -> Message:
@@ -161,13 +145,8 @@ class NodeRound:
         Entries the server has not acknowledged (after its ledger head) travel along,
         so a coordinator that lost replies still gets every record of this node.
         """
-        mine = entry_hash(reply.entry)
-        earlier = []
-        for entry in self.ledger.after(self.ledger_head, self.run_id):
-            if entry_hash(entry) == mine:
-                break
-            earlier.append(entry)
-        content = entry_recorddict(reply.entry, earlier)
+        content = entry_recorddict(reply.entry,
+                                   self.ledger.unsent(self.ledger_head, self.run_id, reply.entry))
         if reply.arrays is not None:
             content["arrays"] = to_record(reply.arrays)
         if reply.metrics:
@@ -289,11 +268,13 @@ def train(msg: Message, context: Context) -> Message:
     if answered is not None:
         return answered
     cfg = node.cfg
-    train_set = node.features(node.train_rows)
+    # The empirical audit's canaries replace a simulated node's rows (client/canaries.py).
+    train_set = (canary_features(cfg, context.node_config, node.model)
+                 or node.features(node.train_rows))
     schedule = local_schedule(len(train_set.dataset), cfg.train)
     mode: RoundTraining = (PrivateTraining(node, schedule) if cfg.privacy.dp
                            else BaselineTraining(node, schedule))
-    reason = mode.refusal()
+    reason = closed_run(node.ledger, node.run_id) or mode.refusal()
     if reason is not None:
         log.warning("node %s refuses round %s: %s", context.node_id, node.server_round, reason)
         return node.reply(node.record("refused", reason=reason))
@@ -322,3 +303,9 @@ def evaluate_global(msg: Message, context: Context) -> Message:
     metrics = {"num-examples": len(eval_set.dataset), "eval-loss": loss,
                "eval-accuracy": accuracy}
     return node.reply(node.record("evaluate"), metrics)
+
+
+@app.query("attest")
+def attest_end_of_run(msg: Message, context: Context) -> Message:
+    """Sign and send this node's end-of-run attestation (client/attestation.py)."""
+    return attest(msg, context)

@@ -17,11 +17,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Context
 
+from common import privacy
 from common.config import RunConfig
 from common.data import LabelledTexts, load_labelled_texts, split
 from common.errors import ConfigError
 from common.files import write_atomic
 from common.ledger.keys import create_signing_key, load_private_key
+from common.ledger.record import PrivacyRecord
 from common.partition import client_partition, pool_and_held_out
 from common.privacy import History, PrivacyPlan
 
@@ -31,6 +33,9 @@ MAX_EPSILON_KEY, DELTA_KEY = "max-epsilon", "delta"
 # Share of a node's rows held out for federated evaluation, never trained on.
 LOCAL_EVAL_FRACTION = 0.1
 STATE_DIR_KEY = "state-dir"
+# The ledger signing key the partner made with its node key (`fedpriv certs node`) and
+# whose public half the coordinator admitted; without it, one kept in the state dir.
+LEDGER_KEY_KEY = "ledger-key"
 
 
 @dataclass(frozen=True)
@@ -104,11 +109,12 @@ class NodeFiles:
     so a restarted node remembers what it spent and goes on with the same chain.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, ledger_key: Path | None = None) -> None:
         self.directory = directory
         self.ledger = directory / "ledger.jsonl"
-        self.key = directory / "signing.key"
-        self.public_key = directory / "signing.pub"
+        self.given_key = ledger_key is not None
+        self.key = ledger_key or directory / "signing.key"
+        self.public_key = self.key.with_suffix(".pub")
         self.state = directory / "privacy-state.json"
         self.salt = directory / "data-salt"
 
@@ -121,15 +127,18 @@ class NodeFiles:
         """
         node_config = context.node_config
         if STATE_DIR_KEY in node_config:
-            return cls(Path(str(node_config[STATE_DIR_KEY])).expanduser())
+            key = node_config.get(LEDGER_KEY_KEY)
+            return cls(Path(str(node_config[STATE_DIR_KEY])).expanduser(),
+                       Path(str(key)).expanduser() if key else None)
         if "partition-id" in node_config:  # a simulated node keeps its files in the run dir
             return cls(Path(cfg.federation.run_dir) / "nodes"
                        / f"client-{node_config['partition-id']}")
         return cls(Path.home() / ".fedpriv" / "node")
 
     def signing_key(self) -> Ed25519PrivateKey:
-        """The key the node signs its ledger with, created (with its public half) on first use."""
-        if not self.key.exists():
+        """The key the node signs its ledger with: the one it was given, or one kept in
+        its state dir, created (with its public half) on first use."""
+        if not self.key.exists() and not self.given_key:
             return create_signing_key(self.key, self.public_key)
         return load_private_key(self.key)
 
@@ -170,7 +179,7 @@ class PrivacyState:
 
     def save(self, path: Path) -> None:
         """Write atomically: a crash mid-write leaves the previous spend, not a torn file."""
-        write_atomic(path, json.dumps({"runs": self.runs}, indent=1).encode())
+        write_atomic(path, json.dumps({"runs": self.runs}, indent=1).encode(), mode=0o600)
 
     def plan(self, run_id: int) -> PrivacyPlan | None:
         """The plan fixed on the run's first round, or None before it."""
@@ -188,6 +197,26 @@ class PrivacyState:
     def history(self) -> History:
         """All phases of all runs, in order: what the accountant composes."""
         return [tuple(h) for run in self.runs.values() for h in run.get("history", [])]
+
+    def record(self, run_id: int, server_round: int, node_id: int, kind: str,
+               budget: NodeBudget, **fields: object) -> PrivacyRecord:
+        """The node's record of `kind` for a round: the run's plan and its spend so far.
+
+        Its epsilon is cumulative over every run on this state dir (what the budget
+        bounds); before the run's plan exists nothing of the run is spent.
+        """
+        p = self.plan(run_id)
+        base = dict(run_id=run_id, round=server_round, node_id=node_id, kind=kind,
+                    mechanism="none", accountant="", noise_multiplier=0.0, sample_rate=0.0,
+                    steps=0, total_steps=sum(n for *_, n in self.run_history(run_id)),
+                    max_grad_norm=0.0, delta=budget.delta, epsilon=0.0,
+                    epsilon_budget=budget.epsilon)
+        if p is not None:
+            base.update(mechanism=privacy.MECHANISM, accountant=p.accountant,
+                        noise_multiplier=p.noise_multiplier, sample_rate=p.sample_rate,
+                        max_grad_norm=p.max_grad_norm,
+                        epsilon=privacy.epsilon(self.history(), p.delta, p.accountant))
+        return PrivacyRecord(**{**base, **fields})
 
     def add_steps(self, run_id: int, sigma: float, q: float, steps: int) -> None:
         """Count `steps` more steps at (sigma, q), merged into the last phase as Opacus does."""

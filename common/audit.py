@@ -9,8 +9,12 @@
    train records so far, with both Opacus accountants (PRV and RDP). A claim lower
    than the node's declared accountant gives (beyond a small tolerance) fails; the
    other accountant is reported for information;
-3. policy: every node stayed within the epsilon budget it declared, and its
-   total_steps agree with the steps of its train records.
+3. policy: every node stayed within the epsilon budget its records state and, given
+   `budgets`, within the budget its owner declared to the auditor
+   (common.declared_budgets); its total_steps agree with the steps of its train records;
+4. completeness: every trusted node has entries, and each node's entries of a run end
+   in its signed end-of-run attestation, unless the auditor declares it absent
+   (common.completeness).
 
 No privacy mathematics is done here: epsilon comes from
 `opacus.accountants.create_accountant`, fed the history exactly as Opacus keeps it.
@@ -21,14 +25,17 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import opacus
 
+from common.completeness import Completeness, nodes_present, run_closed
 from common.config import ACCOUNTANTS
+from common.declared_budgets import DeclaredBudget, load_declared_budgets
+from common.errors import ConfigError
 from common.ledger.entry import EXTRA_KEY, LedgerLine, entry_hash
 from common.ledger.keys import load_trusted_keys
 from common.ledger.store import read_ledger
@@ -56,6 +63,7 @@ class RoundPoint:
     prv: float | None
     rdp: float | None
     budget: float
+    delta: float
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,6 +83,9 @@ class NodeSummary:
     claimed: float = 0.0                   # the latest cumulative epsilon the node claims
     prv: float | None = 0.0
     rdp: float | None = 0.0
+    # The budget the node's owner declared to the auditor (--budgets), if given.
+    declared: DeclaredBudget | None = None
+    attested: str = ""                     # common.completeness: yes, no or absent
     points: list[RoundPoint] = field(default_factory=list)
     failures: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
@@ -102,6 +113,10 @@ class AuditReport:
     warnings: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     compared_with: str | None = None
+    budgets_file: str | None = None
+    absent: list[str] = field(default_factory=list)
+    # Rows of an empirical audit of the same run (common.empirical), when one was made.
+    empirical: list[dict[str, Any]] = field(default_factory=list)
     entries: int = 0
     generated_at: float = field(default_factory=time.time)
 
@@ -112,6 +127,8 @@ class AuditReport:
     def to_dict(self) -> dict[str, Any]:
         return _finite({
             "ledger": self.ledger, "keys_dir": self.keys_dir, "compared_with": self.compared_with,
+            "budgets_file": self.budgets_file, "absent": self.absent,
+            "empirical": self.empirical,
             "ok": self.ok, "entries": self.entries, "tolerance": self.tolerance,
             "opacus": opacus.__version__, "generated_at": self.generated_at,
             "nodes": [n.to_dict() for n in self.nodes],
@@ -139,38 +156,59 @@ def _finite(obj: Any) -> Any:
 
 
 def audit(ledger_path: str | Path, keys_dir: str | Path | None, *,
-          compare: str | Path | None = None,
-          tolerance: float = DEFAULT_TOLERANCE) -> AuditReport:
+          compare: str | Path | None = None, tolerance: float = DEFAULT_TOLERANCE,
+          budgets: str | Path | None = None, absent: Collection[str] = ()) -> AuditReport:
     """Verify a ledger (a node's own or the server's combined one) and its accounting.
 
     `keys_dir` holds the trusted `<node>.pub` keys; None checks signatures against
-    the keys the entries name (integrity only, not identity). `compare` is another
-    copy to check against (a node's own ledger against the server's, or back).
+    the keys the entries name (integrity only, not identity, and no completeness).
+    `compare` is another copy to check against (a node's own ledger against the
+    server's, or back). `budgets` is the file of budgets the partners declared;
+    `absent` names trusted nodes the auditor knows took no part or left early.
     """
     trusted = load_trusted_keys(keys_dir) if keys_dir is not None else None
+    names = key_names(trusted)
+    for name in absent:
+        if name not in names.values():
+            raise ConfigError(f"invalid --absent {name!r}: no key of that name in the keys "
+                              f"folder {keys_dir}")
+    declared = load_declared_budgets(budgets, names) if budgets is not None else None
     lines = read_ledger(ledger_path)
     report = AuditReport(ledger=str(ledger_path), tolerance=tolerance,
                          keys_dir=str(keys_dir) if keys_dir is not None else None,
-                         entries=len(lines))
+                         budgets_file=str(budgets) if budgets is not None else None,
+                         absent=sorted(absent), entries=len(lines))
     if trusted is None:
         report.notes.append("no trusted keys given: signatures prove integrity, not identity")
     if not lines:
         report.failures.append(Problem(f"{ledger_path}:0", "-", None, "the ledger is empty"))
         return report
-    names = key_names(trusted)
     integrity = verify_entries(lines, trusted)
     report.failures.extend(integrity)
     groups = _groups(lines)
     report.nodes = [_audit_node(group, names, tolerance) for group in groups]
+    found = Completeness()
     for group, summary in zip(groups, report.nodes, strict=True):
+        if trusted is not None:
+            completeness = Completeness()
+            summary.attested = run_closed(group, names, absent, completeness)
+            summary.failures.extend(completeness.failures)
+            summary.warnings.extend(completeness.warnings)
+        if declared is not None:
+            summary.declared = declared.get(summary.node_key)
+            summary.failures.extend(_declared_budget_problems(summary, str(budgets)))
         report.failures.extend(summary.failures)
         report.warnings.extend(summary.warnings)
         wheres = {ln.where for ln in group}
         summary.failures[:0] = [p for p in integrity if p.where in wheres]
     report.notes.extend(_composition_notes(report.nodes))
+    other = read_ledger(compare) if compare is not None else []
+    if trusted is not None:
+        nodes_present(_keys(lines) | _keys(other), names, absent, f"{ledger_path}:0", found)
+        report.failures.extend(found.failures)
+        report.notes.extend(found.notes)
     if compare is not None:
         report.compared_with = str(compare)
-        other = read_ledger(compare)
         report.failures.extend(verify_entries(other, trusted))
         mine, theirs = (other, lines) if _keys(other) <= _keys(lines) else (lines, other)
         report.failures.extend(_compare(mine, theirs, names))
@@ -235,7 +273,7 @@ def _audit_node(group: Sequence[LedgerLine], names: Mapping[str, str],
         s.points.append(RoundPoint(where=ln.where, round=rec["round"], kind=rec["kind"],
                                    steps=steps, total_steps=rec["total_steps"],
                                    claimed=rec["epsilon"], prv=prv, rdp=rdp,
-                                   budget=rec["epsilon_budget"],
+                                   budget=rec["epsilon_budget"], delta=rec["delta"],
                                    extra=dict(rec.get(EXTRA_KEY) or {})))
         s.claimed, s.prv, s.rdp = rec["epsilon"], prv, rdp
         s.budget, s.delta, s.accountant = rec["epsilon_budget"], rec["delta"], rec["accountant"]
@@ -315,6 +353,35 @@ def _check_record_budget(rec: Mapping[str, Any], claimed: float, recomputed: flo
             fail(f"over budget: epsilon {spent:.4f} is not within the node's "
                  f"epsilon_budget {budget:g}")
             return
+
+
+def _declared_budget_problems(s: NodeSummary, budgets_file: str) -> list[Problem]:
+    """The node's records against the budget its owner declared (first breach of each)."""
+    if not s.points:
+        return []
+    if s.declared is None:
+        first = s.points[0]
+        return [Problem(first.where, s.node, first.round, f"no declared budget for this node "
+                        f"in {budgets_file}: its records can only be held to their own")]
+    problems: list[Problem] = []
+    limit = s.declared.epsilon * (1 + BUDGET_SLACK)
+    # The claim, and the recomputed epsilon of the node's declared accountant.
+    spent_by = [(p, v) for p in s.points
+                for v in (p.claimed, p.prv if s.accountant == "prv" else p.rdp)
+                if v is not None and not v <= limit]  # NaN is over, too
+    if spent_by:
+        over, spent = spent_by[0]
+        problems.append(Problem(over.where, s.node, over.round, f"over the declared budget: "
+                                f"epsilon {spent:.4f} exceeds the {s.declared.text()} the "
+                                f"node's owner declared ({budgets_file}); the record states "
+                                f"epsilon_budget {over.budget:g}"))
+    if s.declared.delta is not None:
+        loose = next((p for p in s.points if p.delta > s.declared.delta), None)
+        if loose is not None:
+            problems.append(Problem(loose.where, s.node, loose.round, f"delta {loose.delta:g} "
+                                    f"is larger than the declared delta {s.declared.delta:g} "
+                                    f"({budgets_file})"))
+    return problems
 
 
 def _composition_notes(nodes: Sequence[NodeSummary]) -> list[str]:

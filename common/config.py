@@ -73,6 +73,10 @@ class DataConfig:
     partitioner: str = "iid"
     dirichlet_alpha: float = 0.5
     classes_per_client: int = 2
+    # Empirical audit only (fedpriv audit-empirical): a folder of canary files. A simulated
+    # node whose file is there trains on its canaries instead of its rows; deployed nodes
+    # ignore it, as they ignore every data setting of the coordinator's.
+    canaries: str = ""
 
     def __post_init__(self) -> None:
         require(self.max_examples >= 0, "--max-examples", self.max_examples, "must be >= 0")
@@ -170,6 +174,10 @@ class FederationConfig:
     # Continue the run in run-dir from its last good checkpoint and its ledger
     # (`fedpriv server --resume RUN_DIR`, `fedpriv simulate --resume RUN_DIR`).
     resume: bool = False
+    # The admitted nodes' ledger keys (server/admission.py), written by `fedpriv server`:
+    # a node's records are accepted only under the key admitted for it. Empty in
+    # simulation: every record whose signature verifies.
+    ledger_keys: str = ""
 
     def __post_init__(self) -> None:
         require(self.num_rounds >= 1, "--num-rounds", self.num_rounds, "must be >= 1")

@@ -1,10 +1,24 @@
-"""Durable file writes shared by nodes, the server and the key tooling."""
+"""Durable file writes shared by nodes, the server and the key tooling, and the one way an
+input text file is read."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
+
+from common.errors import ConfigError
+
+
+def read_utf8(path: Path, what: str, error: type[Exception]) -> str:
+    """The text of `path`; `error` "WHAT PATH not found" or "... cannot be read" if not."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{what} {path} cannot be read: {exc}") from None
 
 
 def blocking_file(folder: Path) -> Path | None:
@@ -47,3 +61,31 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, replace: bool = 
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def private_dir(folder: Path) -> Path:
+    """`folder`, created if need be, readable by its owner only (0700), also if it existed.
+
+    State folders hold keys, secrets, databases and ledgers: nobody else may list them.
+    """
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    return folder
+
+
+def ensure_secret(path: Path, nbytes: int = 32) -> bytes:
+    """The secret kept in `path`, created (random, 0600) on first use and never replaced.
+
+    An existing file that others can read is refused: anyone who can read it can act as
+    the process it authenticates.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"{path} is readable by others: delete it (a new secret is "
+                                  "made at the next start) or make it 0600") from None
+        return path.read_bytes()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(nbytes))
+    return path.read_bytes()

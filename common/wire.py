@@ -20,6 +20,9 @@ RECORD_KEY = "privacy"
 # Config keys the server adds to each request: the run a node's records belong to (for a
 # resumed federation, its first Flower run) and the newest entry the server holds from it.
 LEDGER_RUN_KEY, LEDGER_HEAD_KEY = "ledger-run", "ledger-head"
+SERVER_ROUND_KEY = "server-round"  # the round as the server numbers it (resumed runs go on)
+# The message type of the end-of-run attestation request (a ClientApp query action).
+ATTEST_MESSAGE_TYPE = "query.attest"
 
 
 def to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -4,5 +4,5 @@
 # `bash scripts/test.sh -m "not e2e"` runs only the fast ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --os-packages
 exec .venv/bin/python -m pytest "$@"

@@ -28,6 +28,7 @@ from common.model import (
 from common.partition import pool_and_held_out
 from common.training import EVAL_BATCH, evaluate
 from common.wire import from_record, to_record
+from server.attestation import collect_attestations
 from server.checkpoint import CheckpointWriter
 from server.federation import RunState, build_strategy, start_state, starting_model
 from server.ledger import Ledger
@@ -72,6 +73,10 @@ def run_federation(grid: Grid, cfg: RunConfig, console: Console | None = None,
     evaluate_fn = central_evaluation(cfg, model, tokenizer, strategy, reporter,
                                      resumed=state.completed_rounds > 0)
     final = run_rounds(grid, cfg, strategy, to_record(trainable_state(model)), evaluate_fn)
+    # Every node closes the run with a signed attestation: the ledger is then complete.
+    attestations = collect_attestations(grid, cfg, ledger, state.ledger_run,
+                                        cfg.federation.num_rounds)
+    reporter.console.print(attestations.summary(), highlight=False)
     load_trainable_state(model, from_record(final))
     export_model(model, tokenizer, cfg.model.max_length, run_dir / "final_model")
     reporter.console.print(reporter.summary_table())

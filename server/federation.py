@@ -20,6 +20,7 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from common.files import write_atomic
 from common.model import build_model, load_trainable_state, trainable_state
+from server.admission import ledger_keys
 from server.checkpoint import latest_good_checkpoint
 from server.ledger import Ledger
 from server.outcome import RoundObserver
@@ -94,4 +95,5 @@ def build_strategy(cfg: RunConfig, state: RunState, heads: Mapping[int, str],
     return PrivacyStrategy(inner, heads=heads, ledger_run=state.ledger_run,
                            learning_rate=cfg.learning_rate,
                            first_round=state.completed_rounds + 1,
-                           min_updates=fed.min_updates, observers=observers)
+                           min_updates=fed.min_updates, observers=observers,
+                           ledger_keys=ledger_keys(fed.ledger_keys))

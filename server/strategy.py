@@ -23,7 +23,14 @@ from common.errors import ConfigError, LedgerError
 from common.ledger.entry import record_of_entry
 from common.ledger.record import PrivacyRecord
 from common.training import max_update_norm
-from common.wire import LEDGER_HEAD_KEY, LEDGER_RUN_KEY, entries_of_message, from_record
+from common.wire import (
+    LEDGER_HEAD_KEY,
+    LEDGER_RUN_KEY,
+    SERVER_ROUND_KEY,
+    entries_of_message,
+    from_record,
+)
+from server.admission import check_admitted
 from server.outcome import RoundObserver, RoundOutcome
 
 log = logging.getLogger("fedpriv.server")
@@ -81,15 +88,19 @@ class PrivacyStrategy(Strategy):
     outcome, for the ledger observer to keep.
 
     `heads` (node id -> hash of the newest entry the server holds from it) is read, never
-    written: the ledger observer keeps it current. `first_round` numbers the rounds of a
+    written: the ledger observer keeps it current. `ledger_keys` (node id -> the ledger
+    key admitted for it; empty in simulation) rejects records signed by any other key
+    before anything of them is kept. `first_round` numbers the rounds of a
     resumed run on from its checkpoint (Flower's `Strategy.start` counts from 1; every
     method here maps its count to ours with `round_of`).
     """
 
     def __init__(self, inner: Strategy, *, heads: Mapping[int, str], ledger_run: int,
                  learning_rate: float, first_round: int = 1, min_updates: int = 1,
-                 observers: Sequence[RoundObserver] = ()) -> None:
+                 observers: Sequence[RoundObserver] = (),
+                 ledger_keys: Mapping[int, str] | None = None) -> None:
         self.inner, self.heads, self.ledger_run = inner, heads, ledger_run
+        self.ledger_keys = dict(ledger_keys or {})
         self.learning_rate, self.first_round, self.min_updates = (learning_rate, first_round,
                                                                   min_updates)
         self.observers = tuple(observers)
@@ -176,7 +187,7 @@ class PrivacyStrategy(Strategy):
         out = []
         for msg in messages:
             node = msg.metadata.dst_node_id
-            config = ConfigRecord({**msg.content["config"], "server-round": server_round,
+            config = ConfigRecord({**msg.content["config"], SERVER_ROUND_KEY: server_round,
                                    LEDGER_RUN_KEY: self.ledger_run,
                                    LEDGER_HEAD_KEY: self.heads.get(node, "")})
             content = RecordDict({"arrays": msg.content["arrays"], "config": config})
@@ -220,6 +231,8 @@ class PrivacyStrategy(Strategy):
             return None
         try:
             entries = entries_of_message(msg)
+            check_admitted(self.ledger_keys, msg.metadata.src_node_id,
+                           entries[-1]["node_key"])
         except LedgerError as exc:
             outcome.rejected.append((node, str(exc)))
             log.warning("round %s: reply from node %s rejected: %s", server_round, node, exc)

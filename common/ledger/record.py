@@ -11,7 +11,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("train", "refused", "evaluate")
+# An attestation closes a node's part in a run: signed when the run ends, it states the
+# node's chain head (its prev_hash), its total steps and its cumulative epsilon, so a
+# coordinator that cuts the node's tail or drops the node is caught (common.completeness).
+ATTESTATION = "attestation"
+ATTESTS_KEY = "attests"  # in an attestation's extra: {"entries": n, "train_rounds": k}
+KINDS = ("train", "refused", "evaluate", ATTESTATION)
 
 
 @dataclass(frozen=True)
@@ -19,7 +24,7 @@ class PrivacyRecord:
     run_id: int
     round: int
     node_id: int
-    kind: str                 # train | refused | evaluate
+    kind: str                 # train | refused | evaluate | attestation
     mechanism: str            # MECHANISM of common.privacy, or "none" for non-DP baselines
     accountant: str
     noise_multiplier: float

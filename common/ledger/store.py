@@ -12,6 +12,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common.errors import LedgerError
+from common.files import read_utf8
 from common.ledger.entry import (
     GENESIS,
     LedgerLine,
@@ -33,12 +34,7 @@ def read_ledger(path: str | Path) -> list[LedgerLine]:
     does not parse.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LedgerError(f"ledger {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LedgerError(f"ledger {path} cannot be read: {exc}") from None
+    text = read_utf8(path, "ledger", LedgerError)
     lines = []
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
@@ -147,3 +143,14 @@ class NodeLedger:
             return []
         start = hashes.index(head) + 1 if head else 0
         return [e for e in own[start:] if e["record"]["run_id"] == run_id]
+
+    def unsent(self, head: str, run_id: int, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The entries of run `run_id` after `head` and before `entry`: what travels with
+        the reply carrying `entry`, so a server that missed a reply still gets them."""
+        mine = entry_hash(entry)
+        earlier = []
+        for other in self.after(head, run_id):
+            if entry_hash(other) == mine:
+                break
+            earlier.append(other)
+        return earlier

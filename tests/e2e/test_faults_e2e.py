@@ -48,7 +48,7 @@ def test_a_node_killed_mid_round_is_left_out_recorded_and_rejoins(tmp_path):
             # Every round asks all three (Flower samples max(min, fraction x online) nodes);
             # two updates are enough to aggregate.
             "--min-train-clients", "3", "--min-available-clients", "3", "--min-updates", "2",
-            "--run-dir", str(run_dir)), tmp_path / "server.log")
+            "--run-dir", str(run_dir), timeout=600), tmp_path / "server.log")
         server.wait_for(r"started run \d+", 120)
         clients = {name: start(started, node(name), tmp_path / f"client-{name}.log")
                    for name in names}
@@ -58,20 +58,21 @@ def test_a_node_killed_mid_round_is_left_out_recorded_and_rejoins(tmp_path):
         wait_until(lambda: checkpoint_path(run_dir, 1).exists(), 240, "round 1", server)
         # She comes back with the same key and state dir, and is asked again from round 2.
         clients["carol"] = start(started, node("carol"), tmp_path / "client-carol-2.log")
-        code = server.wait(400)
+        code = server.wait(600)
         assert code == 0, server.tail()
 
     ids = node_ids(server.text())
     carol = ids["carol"]
     rows = Counter((r.round, r.node_id, r.kind) for r in server_records(run_dir))
     assert rows == Counter({(1, ids["alice"], "train"): 1, (1, ids["bob"], "train"): 1,
-                            **{(r, ids[n], "train"): 1 for r in (2, 3) for n in names}})
+                            **{(r, ids[n], "train"): 1 for r in (2, 3) for n in names},
+                            **{(3, ids[n], "attestation"): 1 for n in names}})
     metrics = json.loads((run_dir / "metrics.json").read_text())["rounds"]
     round1 = next(row for row in metrics if row["round"] == 1)
     assert round1["trained"] == 2 and round1["aggregated"]
     assert [f["node"] for f in round1["failures"]] == [carol]
     assert all(row["trained"] == 3 and not row["failures"] for row in metrics if row["round"] > 1)
-    assert_nothing_lost(run_dir, tmp_path, ids)
+    assert_nothing_lost(run_dir, tmp_path, ids, pki)
 
 
 def test_a_coordinator_killed_after_round_1_resumes_with_nothing_lost(tmp_path):
@@ -98,9 +99,9 @@ def test_a_coordinator_killed_after_round_1_resumes_with_nothing_lost(tmp_path):
         damaged[-1] ^= 0xFF
         newest.write_bytes(bytes(damaged))
         resumed = start(started, server_args(pki, port, tmp_path / "coord", "--resume",
-                                             str(run_dir)),
+                                             str(run_dir), timeout=600),
                         tmp_path / "server-resumed.log")
-        code = resumed.wait(400)
+        code = resumed.wait(600)
         assert code == 0, resumed.tail()
 
     log = " ".join(resumed.text().split())  # rich wraps long lines
@@ -115,6 +116,6 @@ def test_a_coordinator_killed_after_round_1_resumes_with_nothing_lost(tmp_path):
     exported = json.loads((run_dir / "final_model" / "config.json").read_text())
     assert sorted(exported["id2label"].values()) == sorted(EMBEDDED_LABELS)
     assert_model_changed(run_dir, 3)
-    assert_nothing_lost(run_dir, tmp_path, ids)
+    assert_nothing_lost(run_dir, tmp_path, ids, pki)
     assert [row["round"] for row in json.loads((run_dir / "metrics.json").read_text())["rounds"]
             ][-1] == 3

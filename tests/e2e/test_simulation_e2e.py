@@ -17,7 +17,7 @@ from server.ledger import Ledger
 
 
 @pytest.mark.e2e
-def test_simulation_trains_accounts_and_saves_a_usable_model(tmp_path, tiny_cfg):
+def test_simulation_trains_accounts_and_saves_a_usable_model(tmp_path, tiny_cfg, capsys):
     run_dir = tmp_path / "run"
     code = main(["simulate", "--model", "tiny", "--num-clients", "2", "--num-rounds", "2",
                  "--max-examples", "400", "--batch-size", "16", "--local-steps", "3",
@@ -31,21 +31,26 @@ def test_simulation_trains_accounts_and_saves_a_usable_model(tmp_path, tiny_cfg)
     assert set(final) == set(initial)
     assert max(np.abs(final[k] - initial[k]).max() for k in final) > 1e-3
 
-    # One train record per client per round; epsilon grows and stays within budget.
+    # One train record per client per round; epsilon grows and stays within budget. Each
+    # node closes the run with its attestation of the same totals.
     per_node = defaultdict(list)
     for rec in Ledger(run_dir / "ledger.jsonl").records():
-        assert rec.kind == "train"
         per_node[rec.node_id].append(rec)
     assert len(per_node) == 2
     for records in per_node.values():
+        *records, attested = records
+        assert [r.kind for r in records] == ["train", "train"]
         assert [r.round for r in records] == [1, 2]
         assert 0 < records[0].epsilon <= records[1].epsilon <= 4.0
         assert records[1].total_steps == 6
+        assert (attested.kind, attested.round, attested.steps) == ("attestation", 2, 0)
+        assert (attested.epsilon, attested.total_steps) == (records[1].epsilon, 6)
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
     assert metrics["rounds"][2]["epsilon_max"] == max(
         r[-1].epsilon for r in per_node.values())
+    assert "end-of-run attestations: 2 of 2 nodes" in capsys.readouterr().err
     with open(run_dir / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(row["round"]) for row in rows] == [0, 1, 2]
@@ -63,6 +68,14 @@ def test_simulation_trains_accounts_and_saves_a_usable_model(tmp_path, tiny_cfg)
                      str(run_dir / "node-keys"), "--compare", str(run_dir / "ledger.jsonl")]) == 0
 
     assert_exported_model_reproduces_the_run(run_dir, metrics["rounds"][-1]["accuracy"])
+
+    # Resumed after its end, the run asks for the attestations again: each node sends the
+    # one it signed, so the ledger stays exactly as it was, and complete.
+    ledger = (run_dir / "ledger.jsonl").read_bytes()
+    assert main(["simulate", "--resume", str(run_dir), "--num-clients", "2"]) == 0
+    assert (run_dir / "ledger.jsonl").read_bytes() == ledger
+    assert main(["audit", str(run_dir / "ledger.jsonl"), "--keys",
+                 str(run_dir / "node-keys")]) == 0
 
 
 def assert_exported_model_reproduces_the_run(run_dir, accuracy: float) -> None:

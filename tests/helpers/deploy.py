@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from certs.files import LEDGER_KEYS_DIR
 from cli.coordinator import Coordinator
 from common.audit import audit
 from common.config import RunConfig
@@ -99,18 +100,9 @@ def assert_own_ledgers_match(run_dir: Path, nodes_dir: Path, ids: dict[str, int]
             signed_part(x) for x in server_lines if x["record"]["node_id"] == node_id]
 
 
-def trusted_node_keys(nodes_dir: Path, names, dest: Path) -> Path:
-    """The auditor's trusted keys: each node's ledger signing key, under its name."""
-    dest.mkdir()
-    for name in names:
-        (dest / f"{name}.pub").write_bytes(
-            (nodes_dir / f"node-{name}" / "signing.pub").read_bytes())
-    return dest
-
-
-def assert_nothing_lost(run_dir: Path, nodes_dir: Path, ids: dict[str, int]) -> None:
-    """Each node's own ledger is exactly what the server holds for it, and it all audits."""
+def assert_nothing_lost(run_dir: Path, nodes_dir: Path, ids: dict[str, int], pki: Path) -> None:
+    """Each node's own ledger is exactly what the server holds for it, and it all audits
+    against the ledger keys the coordinator admitted (what an auditor is given)."""
     assert_own_ledgers_match(run_dir, nodes_dir, ids)
-    report = audit(run_dir / "ledger.jsonl",
-                   trusted_node_keys(nodes_dir, ids, nodes_dir / "trusted"))
+    report = audit(run_dir / "ledger.jsonl", pki / LEDGER_KEYS_DIR)
     assert report.ok, [str(p) for p in report.failures]

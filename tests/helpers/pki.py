@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from certs import issue, node_keys
+from certs import files, issue, node_keys
+
+
+def ca_key_dir(folder: Path) -> Path:
+    """Where a test PKI keeps its CA's private key: a folder of its own beside `folder`."""
+    return folder.with_name(f"{folder.name}-ca")
 
 
 def make_pki(folder: Path, nodes: list[str], ips: tuple[str, ...] = ("127.0.0.1",),
              **server: Any) -> Path:
-    """A CA, a server certificate for `ips` (options `server` go to `issue_server_cert`)
-    and a node authentication key pair per name in `nodes`, all in `folder`."""
-    issue.create_ca(folder)
-    issue.issue_server_cert(folder, ip_addresses=ips, **server)
+    """A coordinator's certs folder: CA certificate, a server certificate for `ips` (options
+    `server` go to `issue_server_cert`), and per name in `nodes` the partner's key pairs,
+    admitted (node-NAME.pub, ledger-keys/NAME.pub). The CA key is in `ca_key_dir(folder)`."""
+    issue.create_ca(folder, key_dir=ca_key_dir(folder))
+    issue.issue_server_cert(folder, ip_addresses=ips, ca_key_dir=ca_key_dir(folder), **server)
     for name in nodes:
-        node_keys.create_node_auth_key(folder, name)
+        node_keys.create_node_keys(folder, name)
+        _, public = files.node_key_paths(folder, name)
+        _, ledger = files.ledger_key_paths(folder, name)
+        node_keys.admit_node_key(folder, name, public, ledger, force=True)
     return folder
 
 
@@ -27,18 +37,19 @@ def expired() -> dict[str, Any]:
 
 
 def copy_pki(source: Path, dest: Path, **replace: bytes | None) -> Path:
-    """A copy of the PKI folder, files replaced (bytes) or removed (None).
+    """A copy of the PKI folder and its CA key folder, files replaced (bytes) or removed (None).
 
-    Keyword names stand for file names with "." written "_" (``ca_key=...`` is ca.key).
+    Keyword names stand for file names with "." written "_" (``server_pem=...`` is
+    server.pem); ``ca_key`` is the CA key in ``ca_key_dir(dest)``.
     """
-    dest.mkdir()
-    for path in source.iterdir():
-        (dest / path.name).write_bytes(path.read_bytes())
-        os.chmod(dest / path.name, path.stat().st_mode)
+    for src, dst in ((source, dest), (ca_key_dir(source), ca_key_dir(dest))):
+        shutil.copytree(src, dst, copy_function=shutil.copy2)
     for name, data in replace.items():
         name = name.replace("_", ".")
+        path = (ca_key_dir(dest) if name == files.CA_KEY else dest) / name
         if data is None:
-            (dest / name).unlink()
+            path.unlink()
         else:
-            (dest / name).write_bytes(data)
+            path.write_bytes(data)
+            os.chmod(path, 0o600)
     return dest

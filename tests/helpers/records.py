@@ -7,9 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from client.attestation import attestation_entry
 from common.ledger.keys import create_signing_key
-from common.ledger.record import PrivacyRecord
-from common.ledger.store import NodeLedger
+from common.ledger.record import ATTESTATION, PrivacyRecord
+from common.ledger.store import NodeLedger, append_received
 from common.privacy import MECHANISM
 
 # A DP-SGD round as the records below describe it: noise, sample rate, steps per round.
@@ -40,6 +41,13 @@ def refused_record(round_: int, node_id: int = 1, run_id: int = 7, **changes: An
     return train_record(round_, node_id, run_id, **{**fields, **changes})
 
 
+def attest(ledger: NodeLedger, last: PrivacyRecord) -> dict:
+    """Close `last`'s run in `ledger` with the node's end-of-run attestation, restating
+    the totals of `last` (the node's newest record), as client/attestation.py signs it."""
+    return attestation_entry(ledger, PrivacyRecord(**{
+        **last.__dict__, "kind": ATTESTATION, "steps": 0, "extra": {}}))
+
+
 def node_ledgers(folder: Path, names: tuple[str, ...] | list[str]) -> dict[str, NodeLedger]:
     """A signed ledger per node: key in folder/private/NAME.pem, its public half in
     folder/keys/NAME.pub (the auditor's trusted keys), entries in folder/NAME.jsonl."""
@@ -49,6 +57,24 @@ def node_ledgers(folder: Path, names: tuple[str, ...] | list[str]) -> dict[str, 
                                  folder / "keys" / f"{name}.pub")
         ledgers[name] = NodeLedger(folder / f"{name}.jsonl", key)
     return ledgers
+
+
+def federation(folder: Path, names: list[str] | tuple[str, ...], rounds: int,
+               claim: Callable[[str, int, int], PrivacyRecord], attested: bool = True
+               ) -> tuple[Path, dict[str, NodeLedger], Path]:
+    """Nodes `names` sign `claim(name, node_id, round)` for every round, the server
+    receives each entry, and (if `attested`) each node closes the run with its signed
+    attestation. Returns the trusted keys folder, each node's ledger and the server's."""
+    server = folder / "server.jsonl"
+    ledgers = node_ledgers(folder, names)
+    for r in range(1, rounds + 1):
+        for node_id, name in enumerate(names, start=1):
+            record = claim(name, node_id, r)
+            entry = ledgers[name].append(record, {"model_in": f"{r:064x}"})
+            append_received(server, entry, received_from=node_id)
+            if attested and r == rounds:
+                append_received(server, attest(ledgers[name], record), received_from=node_id)
+    return folder / "keys", ledgers, server
 
 
 def ledger_lines(path: Path) -> list[dict]:

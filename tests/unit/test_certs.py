@@ -55,47 +55,55 @@ def test_server_cert_is_signed_by_the_ca_and_names_the_hosts(coordinator: Path) 
 
 
 def test_loopback_names_are_added_unless_refused(tmp_path: Path) -> None:
-    issue.create_ca(tmp_path)
-    args = ["server", "--dir", str(tmp_path), "--dns", "coord.example.org", "--ip", "203.0.113.5"]
+    d = tmp_path / "certs"
+    issue.create_ca(d)
+    args = ["server", "--dir", str(d), "--dns", "coord.example.org", "--ip", "203.0.113.5"]
     assert main(["certs", *args]) == 0
-    cert = verify.check_certificate(tmp_path / "server.pem", expect_host="coord.example.org")
+    cert = verify.check_certificate(d / "server.pem", expect_host="coord.example.org")
     assert verify.certificate_names(cert) == ("coord.example.org", "localhost", "203.0.113.5",
                                               "127.0.0.1")
     assert main(["certs", *args, "--no-loopback", "--force"]) == 0
-    cert = verify.check_certificate(tmp_path / "server.pem")
+    cert = verify.check_certificate(d / "server.pem")
     assert verify.certificate_names(cert) == ("coord.example.org", "203.0.113.5")
 
 
 def test_rsa_server_cert_also_verifies(tmp_path: Path) -> None:
-    issue.create_ca(tmp_path, key_type="rsa")
-    issue.issue_server_cert(tmp_path, key_type="rsa")
-    verify.check_chain(tmp_path / "server.pem", tmp_path / "ca.pem")
-    verify.check_key_pair(tmp_path / "server.pem", tmp_path / "server.key")
-    ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    d = tmp_path / "certs"
+    issue.create_ca(d, key_type="rsa")
+    issue.issue_server_cert(d, key_type="rsa")
+    verify.check_chain(d / "server.pem", d / "ca.pem")
+    verify.check_key_pair(d / "server.pem", d / "server.key")
+    ca = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
     assert ca.public_key().key_size == 3072
 
 
 def test_private_keys_are_0600_even_with_an_open_umask(tmp_path: Path) -> None:
+    d = tmp_path / "certs"
     old = os.umask(0)
     try:
-        issue.create_ca(tmp_path)
-        issue.issue_server_cert(tmp_path)
-        node_keys.create_node_auth_key(tmp_path, "alice")
+        issue.create_ca(d)
+        issue.issue_server_cert(d)
+        node_keys.create_node_keys(d, "alice")
     finally:
         os.umask(old)
-    for name in ("ca.key", "server.key", "node-alice.key"):
-        assert _mode(tmp_path / name) == 0o600, name
-    for name in ("ca.pem", "server.pem", "node-alice.pub"):
-        assert _mode(tmp_path / name) == 0o644, name
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["ca.key", "ca.pem", "server.key", "server.pem", "node-alice.key", "node-alice.pub"])
+    for name in ("server.key", "node-alice.key", "node-alice.ledger.key"):
+        assert _mode(d / name) == 0o600, name
+    assert _mode(tmp_path / "ca-private" / "ca.key") == 0o600
+    assert _mode(tmp_path / "ca-private") == 0o700
+    for name in ("ca.pem", "server.pem", "node-alice.pub", "node-alice.ledger.pub"):
+        assert _mode(d / name) == 0o644, name
+    # The CA key is kept apart from what the coordinator's server reads.
+    assert sorted(p.name for p in d.iterdir()) == sorted(
+        ["ca.pem", "server.key", "server.pem", "node-alice.key", "node-alice.pub",
+         "node-alice.ledger.key", "node-alice.ledger.pub"])
+    assert [p.name for p in (tmp_path / "ca-private").iterdir()] == ["ca.key"]
 
 
 @pytest.mark.parametrize("command", [["ca"], ["server"], ["node", "alice"]])
 def test_rerun_without_force_refuses_and_keeps_the_bytes(
     coordinator: Path, command: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    node_keys.create_node_auth_key(coordinator, "alice")
+    node_keys.create_node_keys(coordinator, "alice")
     before = {p.name: p.read_bytes() for p in coordinator.iterdir()}
     assert main(["certs", *command, "--dir", str(coordinator)]) == 2
     err = capsys.readouterr().err
@@ -130,22 +138,24 @@ def test_a_crash_mid_write_leaves_no_partial_file(tmp_path: Path,
 
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(OSError):
-        issue.create_ca(tmp_path)
-    assert list(tmp_path.iterdir()) == []
+        issue.create_ca(tmp_path / "certs")
+    assert [p for p in tmp_path.rglob("*") if not p.is_dir()] == []
 
 
 def test_check_certificate_rejects_an_expired_cert(tmp_path: Path) -> None:
-    issue.create_ca(tmp_path, not_before=datetime.now(UTC) - timedelta(days=30), days=1)
+    d = tmp_path / "certs"
+    issue.create_ca(d, not_before=datetime.now(UTC) - timedelta(days=30), days=1)
     with pytest.raises(CertError, match="expired") as caught:
-        verify.check_certificate(tmp_path / "ca.pem")
-    assert str(tmp_path / "ca.pem") in str(caught.value)
+        verify.check_certificate(d / "ca.pem")
+    assert str(d / "ca.pem") in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 def test_check_certificate_rejects_a_cert_not_yet_valid(tmp_path: Path) -> None:
-    issue.create_ca(tmp_path, not_before=datetime.now(UTC) + timedelta(days=2), days=10)
+    d = tmp_path / "certs"
+    issue.create_ca(d, not_before=datetime.now(UTC) + timedelta(days=2), days=10)
     with pytest.raises(CertError, match="not valid before"):
-        verify.check_certificate(tmp_path / "ca.pem")
+        verify.check_certificate(d / "ca.pem")
 
 
 def test_check_certificate_host(coordinator: Path) -> None:
@@ -159,12 +169,13 @@ def test_check_certificate_host(coordinator: Path) -> None:
 
 
 def test_wildcard_names_cover_one_label(tmp_path: Path) -> None:
-    issue.create_ca(tmp_path)
-    issue.issue_server_cert(tmp_path, dns_names=["*.fed.example"], ip_addresses=[])
-    verify.check_certificate(tmp_path / "server.pem", expect_host="link.fed.example")
+    d = tmp_path / "certs"
+    issue.create_ca(d)
+    issue.issue_server_cert(d, dns_names=["*.fed.example"], ip_addresses=[])
+    verify.check_certificate(d / "server.pem", expect_host="link.fed.example")
     for host in ("fed.example", "a.b.fed.example"):
         with pytest.raises(CertError, match="not valid for host"):
-            verify.check_certificate(tmp_path / "server.pem", expect_host=host)
+            verify.check_certificate(d / "server.pem", expect_host=host)
 
 
 def test_check_certificate_rejects_garbage_and_missing_files(tmp_path: Path) -> None:
@@ -185,8 +196,9 @@ def test_check_chain_rejects_a_cert_from_another_ca_with_the_same_name(
     coordinator: Path, tmp_path: Path
 ) -> None:
     other = tmp_path / "other"
-    issue.create_ca(other)  # same subject name as the coordinator's CA, another key
-    issue.issue_server_cert(other)
+    # same subject name as the coordinator's CA, another key
+    issue.create_ca(other, key_dir=tmp_path / "other-ca")
+    issue.issue_server_cert(other, ca_key_dir=tmp_path / "other-ca")
     with pytest.raises(CertError, match="not signed by the CA") as caught:
         verify.check_chain(other / "server.pem", coordinator / "ca.pem")
     assert str(other / "server.pem") in str(caught.value)
@@ -206,20 +218,35 @@ def test_check_private_key(coordinator: Path, tmp_path: Path) -> None:
     with pytest.raises(CertError, match="does not exist"):
         verify.check_private_key(tmp_path / "nope.key")
     with pytest.raises(CertError, match="does not belong"):
-        verify.check_key_pair(coordinator / "server.pem", coordinator / "ca.key")
+        verify.check_key_pair(coordinator / "server.pem",
+                              coordinator.parent / "ca-private" / "ca.key")
 
 
 def test_server_needs_a_ca_and_valid_names(tmp_path: Path) -> None:
+    d = tmp_path / "certs"
     with pytest.raises(CertError, match="create the CA first"):
-        issue.issue_server_cert(tmp_path)
-    issue.create_ca(tmp_path)
+        issue.issue_server_cert(d)
+    issue.create_ca(d)
     with pytest.raises(CertError, match="--ip"):
-        issue.issue_server_cert(tmp_path, ip_addresses=["localhost"])
+        issue.issue_server_cert(d, ip_addresses=["localhost"])
     with pytest.raises(CertError, match="--dns"):
-        issue.issue_server_cert(tmp_path, dns_names=["bad name"])
+        issue.issue_server_cert(d, dns_names=["bad name"])
     with pytest.raises(CertError, match="--days"):
-        issue.issue_server_cert(tmp_path, days=0)
-    assert not (tmp_path / "server.pem").exists()
+        issue.issue_server_cert(d, days=0)
+    assert not (d / "server.pem").exists()
+
+
+def test_the_ca_key_is_never_kept_where_the_server_reads(tmp_path: Path) -> None:
+    d = tmp_path / "certs"
+    for inside in (d, d / "private"):
+        with pytest.raises(CertError, match="--ca-key-dir"):
+            issue.create_ca(d, key_dir=inside)
+    assert not d.exists()
+    issue.create_ca(d, key_dir=tmp_path / "offline")
+    issue.issue_server_cert(d, ca_key_dir=tmp_path / "offline")
+    verify.check_chain(d / "server.pem", d / "ca.pem")
+    with pytest.raises(CertError, match="ca.key not found"):
+        issue.issue_server_cert(d, force=True)  # the default folder holds no CA key
 
 
 def test_node_keys_load_with_flowers_own_loaders(tmp_path: Path) -> None:
@@ -227,9 +254,10 @@ def test_node_keys_load_with_flowers_own_loaders(tmp_path: Path) -> None:
     from flwr.supercore.primitives.asymmetric import public_key_to_bytes
     from flwr.supernode.cli.flower_supernode import _try_setup_client_authentication
 
-    issued = node_keys.create_node_auth_key(tmp_path, "alice")
+    issued = node_keys.create_node_keys(tmp_path, "alice")
     key_path, pub_path = tmp_path / "node-alice.key", tmp_path / "node-alice.pub"
-    assert issued.files == (key_path, pub_path)
+    assert issued.files == (key_path, pub_path, tmp_path / "node-alice.ledger.key",
+                            tmp_path / "node-alice.ledger.pub")
     # What `flower-supernode --auth-supernode-private-key` runs.
     loaded = _try_setup_client_authentication(argparse.Namespace(
         auth_supernode_private_key=str(key_path), auth_supernode_public_key=None))
@@ -241,37 +269,54 @@ def test_node_keys_load_with_flowers_own_loaders(tmp_path: Path) -> None:
     assert issued.fingerprint == node_keys.ssh_fingerprint(public)
 
 
-def test_admit_copies_a_valid_public_key_and_refuses_others(tmp_path: Path) -> None:
+def test_admit_copies_valid_public_keys_and_refuses_others(tmp_path: Path) -> None:
+    from common.ledger.keys import load_private_key, load_trusted_keys, public_key_hex
+
     partner, coordinator = tmp_path / "partner", tmp_path / "coordinator"
-    made = node_keys.create_node_auth_key(partner, "alice")
-    admitted = node_keys.admit_node_key(coordinator, "alice", partner / "node-alice.pub")
+    made = node_keys.create_node_keys(partner, "alice")
+    pub, ledger_pub = partner / "node-alice.pub", partner / "node-alice.ledger.pub"
+    admitted = node_keys.admit_node_key(coordinator, "alice", pub, ledger_pub)
     assert admitted.fingerprint == made.fingerprint
+    assert admitted.ledger_key == made.ledger_key == public_key_hex(
+        load_private_key(partner / "node-alice.ledger.key"))
+    assert admitted.files == (coordinator / "node-alice.pub",
+                              coordinator / "ledger-keys" / "alice.pub")
     assert not (coordinator / "node-alice.key").exists()
+    # The admitted ledger keys are what an auditor passes to `fedpriv audit --keys`.
+    assert public_key_hex(load_trusted_keys(coordinator / "ledger-keys")["alice"]) == \
+        made.ledger_key
     with pytest.raises(CertError, match="not an OpenSSH public key"):
-        node_keys.admit_node_key(coordinator, "bob", partner / "node-alice.key")
+        node_keys.admit_node_key(coordinator, "bob", partner / "node-alice.key", ledger_pub)
+    with pytest.raises(CertError, match="ledger key: .* holds a PRIVATE key"):
+        node_keys.admit_node_key(coordinator, "bob", pub, partner / "node-alice.ledger.key")
+    with pytest.raises(CertError, match="ledger key: .* not a PEM public key"):
+        node_keys.admit_node_key(coordinator, "bob", pub, pub)
     with pytest.raises(CertError, match="invalid node name"):
-        node_keys.admit_node_key(coordinator, "../bob", partner / "node-alice.pub")
+        node_keys.admit_node_key(coordinator, "../bob", pub, ledger_pub)
     with pytest.raises(CertError, match="already exists"):
-        node_keys.admit_node_key(coordinator, "alice", partner / "node-alice.pub")
+        node_keys.admit_node_key(coordinator, "alice", pub, ledger_pub)
+    assert not (coordinator / "node-bob.pub").exists()
 
 
 def test_list_flags_expired_certificates(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                                          ) -> None:
-    issue.create_ca(tmp_path, not_before=datetime.now(UTC) - timedelta(days=30), days=10)
-    node_keys.create_node_auth_key(tmp_path, "alice")
-    assert main(["certs", "list", "--dir", str(tmp_path)]) == 0
+    d = tmp_path / "certs"
+    issue.create_ca(d, not_before=datetime.now(UTC) - timedelta(days=30), days=10)
+    node_keys.create_node_keys(d, "alice")
+    assert main(["certs", "list", "--dir", str(d)]) == 0
     out = capsys.readouterr().out
     assert "ca.pem  [CA]  EXPIRED" in out and "days left" in out
     assert "node alice  [node-alice.key + node-alice.pub]  ok" in out
+    assert "alice.ledger" not in out  # the ledger pair is not a second node
     assert "SHA256:" in out
 
 
 def test_add_certs_arguments_on_a_subparsers_object(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser(prog="fedpriv")
     certs_cli.add_certs_arguments(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["certs", "ca", "--dir", str(tmp_path), "--days", "30"])
+    args = parser.parse_args(["certs", "ca", "--dir", str(tmp_path / "c"), "--days", "30"])
     assert certs_cli.run_certs_command(args) == 0
-    info = listing.list_certificates(tmp_path)[0]
+    info = listing.list_certificates(tmp_path / "c")[0]
     assert (info.not_after - info.not_before).days == 30
 
 
@@ -284,7 +329,7 @@ def test_grpc_tls_handshake_trusts_only_our_ca(coordinator: Path, tmp_path: Path
         [((coordinator / "server.key").read_bytes(), (coordinator / "server.pem").read_bytes())])
     port = server.add_secure_port("127.0.0.1:0", creds)
     server.start()
-    issue.create_ca(tmp_path / "other")
+    issue.create_ca(tmp_path / "other", key_dir=tmp_path / "other-ca")
     try:
         for root, ok in ((coordinator / "ca.pem", True), (tmp_path / "other" / "ca.pem", False)):
             channel = grpc.secure_channel(

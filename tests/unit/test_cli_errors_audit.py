@@ -10,19 +10,20 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import digest, one_line_error, run
-from tests.helpers.records import node_ledgers, refused_record
+from tests.helpers.records import attest, node_ledgers, refused_record
 
 pytestmark = pytest.mark.usefixtures("no_simulation")
 
 
 @pytest.fixture(scope="module")
 def ledger(tmp_path_factory) -> Path:
-    """A node's real two-entry ledger (alice.jsonl), its trusted key (keys/alice.pub), and
-    an earlier report beside them."""
+    """A node's real ledger (alice.jsonl: two refused rounds and her attestation), its
+    trusted key (keys/alice.pub), and an earlier report beside them."""
     d = tmp_path_factory.mktemp("audit")
     alice = node_ledgers(d, ["alice"])["alice"]
     for r in (1, 2):
         alice.append(refused_record(r, run_id=1))
+    attest(alice, refused_record(2, run_id=1))
     (d / "report.json").write_text('{"earlier": "report"}')
     return d
 
@@ -44,8 +45,8 @@ BAD_LEDGERS = {
     "latin1": (lambda d, text: corrupt(d, "latin1.jsonl", text + "caf\u00e9\n".encode("latin-1")),
                "cannot be read"),
     "garbage line": (lambda d, text: corrupt(d, "garbage.jsonl", text + b"garbage\n"),
-                     ":3: not a JSON"),
-    "cut-off last line": (lambda d, text: corrupt(d, "cut.jsonl", text[:-40]), ":2: not a JSON"),
+                     ":4: not a JSON"),
+    "cut-off last line": (lambda d, text: corrupt(d, "cut.jsonl", text[:-40]), ":3: not a JSON"),
     "array": (lambda d, text: corrupt(d, "array.jsonl", b"[1, 2]\n" + text),
               ":1: ledger entry is not"),
 }
@@ -100,9 +101,42 @@ def test_audit_never_writes_a_report_over_its_input(capsys, ledger, flags, needl
     assert digest(ledger) == before
 
 
+BAD_BUDGETS = {
+    "missing": (None, "not found"),
+    "not JSON": ("{alice: 4", "is not valid JSON"),
+    "not TOML": ("[alice\nmax-epsilon = 4", "is not valid TOML"),
+    "unknown node": ('{"mallory": {"max-epsilon": 4}}', "node 'mallory' is not among"),
+    "not a table": ('{"alice": 4}', "must be a table"),
+    "unknown field": ('{"alice": {"epsilon": 4}}', "unknown field 'epsilon'"),
+    "negative epsilon": ('{"alice": {"max-epsilon": -1}}', "max-epsilon -1 must be"),
+    "delta above 1": ('{"alice": {"max-epsilon": 4, "delta": 2}}', "delta 2 must be"),
+    "empty": ("{}", "must map each node"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BUDGETS)
+def test_audit_refuses_a_bad_budgets_file(capsys, ledger, tmp_path, case):
+    text, needle = BAD_BUDGETS[case]
+    budgets = tmp_path / ("budgets.toml" if "TOML" in case else "budgets.json")
+    if text is not None:
+        budgets.write_text(text)
+    before = digest(ledger)
+    one_line_error(capsys, audit_argv(ledger, None, "--budgets", budgets,
+                                      "--json", ledger / "report.json"), budgets, needle)
+    assert digest(ledger) == before
+
+
+def test_audit_refuses_an_unknown_absent_node(capsys, ledger):
+    one_line_error(capsys, audit_argv(ledger, None, "--absent", "mallory"),
+                   "--absent 'mallory'", "no key of that name")
+
+
 def test_good_input_passes_every_check(capsys, ledger, tmp_path):
     """The same ledger and keys audit cleanly: the refusals above are real."""
-    assert run(audit_argv(ledger, None, "--json", tmp_path / "r.json")) == 0
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text('[alice]\nmax-epsilon = 8.0\ndelta = 1e-5\n')
+    assert run(audit_argv(ledger, None, "--json", tmp_path / "r.json", "--budgets",
+                          budgets)) == 0
     assert "Traceback" not in capsys.readouterr().err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["ok"] is True and report["failures"] == []

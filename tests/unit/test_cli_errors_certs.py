@@ -7,7 +7,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tests.helpers.cli import digest, one_line_error, run
-from tests.helpers.pki import copy_pki
+from tests.helpers.pki import ca_key_dir, copy_pki
 
 pytestmark = pytest.mark.usefixtures("no_simulation")
 
@@ -24,10 +24,11 @@ def test_certs_ca_refuses_bad_values(capsys, tmp_path, extra, needle):
 
 
 @pytest.mark.parametrize("command", [["ca"], ["server"], ["node", "bob"],
-                                     ["admit", "bob", "PUB"]])
+                                     ["admit", "bob", "PUB", "LEDGER"]])
 @pytest.mark.parametrize("where", ["note.txt", "note.txt/certs"])
 def test_certs_refuse_a_dir_that_is_or_is_inside_a_file(capsys, cli_files, command, where):
-    command = [str(cli_files / "pki" / "node-alice.pub") if c == "PUB" else c for c in command]
+    given = {"PUB": "node-alice.pub", "LEDGER": "node-alice.ledger.pub"}
+    command = [str(cli_files / "pki" / given[c]) if c in given else c for c in command]
     before = digest(cli_files)
     one_line_error(capsys, ["certs", *command, "--dir", cli_files / where], "--dir",
                    f"{cli_files / 'note.txt'} is a file")
@@ -39,7 +40,8 @@ def test_certs_server_refuses_a_ca_that_is_not_a_ca(capsys, cli_files, tmp_path)
     d = copy_pki(pki, tmp_path / "pki", ca_pem=(pki / "server.pem").read_bytes(),
                  ca_key=(pki / "server.key").read_bytes(), server_pem=None, server_key=None)
     before = digest(d)
-    one_line_error(capsys, ["certs", "server", "--dir", d], f"{d / 'ca.pem'} is not a CA")
+    one_line_error(capsys, ["certs", "server", "--dir", d, "--ca-key-dir", ca_key_dir(d)],
+                   f"{d / 'ca.pem'} is not a CA")
     assert digest(d) == before
 
 
@@ -56,18 +58,19 @@ def public_half(private_pem: bytes) -> bytes:
 def test_certs_server_refuses_a_bad_ca_key(capsys, cli_files, tmp_path, ca_key, needle):
     pki = cli_files / "pki"
     if ca_key == "public":
-        ca_key = public_half((pki / "ca.key").read_bytes())
+        ca_key = public_half((ca_key_dir(pki) / "ca.key").read_bytes())
     d = copy_pki(pki, tmp_path / "pki", ca_key=ca_key, server_pem=None, server_key=None)
     before = digest(d)
-    one_line_error(capsys, ["certs", "server", "--dir", d], f"{d / 'ca.key'}", needle)
+    one_line_error(capsys, ["certs", "server", "--dir", d, "--ca-key-dir", ca_key_dir(d)],
+                   f"{ca_key_dir(d) / 'ca.key'}", needle)
     assert digest(d) == before
 
 
 def test_certs_refuse_to_replace_existing_files(capsys, cli_files):
     pki = cli_files / "pki"
     before = digest(pki)
-    for argv in (["ca"], ["server"], ["node", "alice"], ["admit", "alice",
-                                                         pki / "node-alice.pub"]):
+    for argv in (["ca"], ["server", "--ca-key-dir", ca_key_dir(pki)], ["node", "alice"],
+                 ["admit", "alice", pki / "node-alice.pub", pki / "node-alice.ledger.pub"]):
         one_line_error(capsys, ["certs", *argv, "--dir", pki], "already exists", "--force")
     assert digest(pki) == before
 
@@ -80,7 +83,8 @@ def test_certs_refuse_to_replace_existing_files(capsys, cli_files):
     ("empty.csv", "is not an OpenSSH public key"),
 ])
 def test_certs_admit_refuses_a_bad_public_key(capsys, cli_files, tmp_path, public_key, needle):
-    one_line_error(capsys, ["certs", "admit", "bob", cli_files / public_key, "--dir",
+    one_line_error(capsys, ["certs", "admit", "bob", cli_files / public_key,
+                            cli_files / "pki" / "node-alice.ledger.pub", "--dir",
                             tmp_path / "coordinator"], cli_files / public_key, needle)
     assert not (tmp_path / "coordinator").exists()
 

@@ -191,3 +191,45 @@ def test_node_config_values_survive_flowers_parser(tmp_path):
     assert parse_config_args([key_values(config)]) == config
     with pytest.raises(Exception, match="both ' and"):
         key_values({"data-path": "it's a \"file\""})
+
+
+# ------------------------------------------------------------------ the trust boundary's input
+
+
+def test_server_refuses_a_certs_folder_holding_the_ca_key(capsys, pki, tmp_path):
+    from tests.helpers.pki import ca_key_dir, copy_pki
+
+    leaky = copy_pki(pki, tmp_path / "leaky")
+    (leaky / "ca.key").write_bytes((ca_key_dir(leaky) / "ca.key").read_bytes())
+    line = one_line_error(capsys, server_argv(leaky, tmp_path))
+    assert "holds the CA's private key ca.key" in line
+    assert not (tmp_path / "coord").exists()
+
+
+def test_server_refuses_plain_text_on_a_public_address(capsys, pki, tmp_path):
+    line = one_line_error(capsys, server_argv(pki, tmp_path, "--insecure", "--host", "0.0.0.0"))
+    assert "--insecure cannot listen on 0.0.0.0" in line and "gateway" in line
+    assert not (tmp_path / "coord").exists()
+
+
+def test_server_refuses_a_node_without_its_ledger_key(capsys, pki, tmp_path):
+    from tests.helpers.pki import copy_pki
+
+    keys = copy_pki(pki, tmp_path / "keys")
+    (keys / "ledger-keys" / "alice.pub").unlink()
+    line = one_line_error(capsys, server_argv(pki, tmp_path, "--keys-dir", keys))
+    assert "no ledger key for" in line and "node-alice.pub" in line
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"--approve-app": "abc123"}, "invalid --approve-app 'abc123': must be an app's sha256"),
+    ({"--ledger-key": "{pki}/node-alice.ledger.pub"}, "--ledger-key: signing key"),
+    ({"--ledger-key": "{tmp}/missing.key"}, "missing.key not found"),
+])
+def test_client_refuses_bad_approval_and_ledger_key(capsys, cli_files, pki, tmp_path, over,
+                                                     needle):
+    over = {k: v.format(pki=pki, tmp=tmp_path) for k, v in over.items()}
+    line = one_line_error(capsys, client_argv(pki, cli_files / "good.csv", tmp_path / "state",
+                                              **over), needle)
+    assert "cannot reach" not in line  # refused before dialling
+    assert not (tmp_path / "state").exists()

@@ -150,3 +150,26 @@ def test_entries_the_server_lacks_travel_with_the_next_reply(tiny_cfg, small_csv
         LEDGER_RUN_KEY: 1, LEDGER_HEAD_KEY: entry_hash(entry_of_message(r3))}), context)
     assert len(entries_of_message(r4)) == 1
     assert [r.round for r in map(record_of, (r1, r2, r3, r4))] == [1, 2, 3, 4]
+
+
+def test_the_attestation_states_the_run_and_closes_it(tiny_cfg, small_csv, tmp_path):
+    """The end-of-run request gets a signed attestation of the node's chain head, total
+    steps and epsilon; asked again, the same entry; asked to train on, a refusal."""
+    from client.app import attest_end_of_run
+    from common.wire import ATTEST_MESSAGE_TYPE
+
+    context = node_context({"data-path": str(small_csv)}, tmp_path / "n")
+    _, records = run_rounds(tiny_cfg, context, [1, 2])
+    ask = train_message(tiny_cfg, 2, message_type=ATTEST_MESSAGE_TYPE)
+    del ask.content["arrays"]  # the request carries the run config only
+    reply = attest_end_of_run(ask, context)
+    entries = read_entries(tmp_path / "n" / "ledger.jsonl")
+    attestation = entry_of_message(reply)
+    assert attestation == entries[-1] and attestation["prev_hash"] == entry_hash(entries[-2])
+    rec = record_of_entry(attestation)
+    assert (rec.kind, rec.round, rec.steps) == ("attestation", 2, 0)
+    assert (rec.total_steps, rec.epsilon) == (records[-1].total_steps, records[-1].epsilon)
+    assert attestation["record"]["extra"]["attests"] == {"entries": 2, "train_rounds": 2}
+    assert entry_of_message(attest_end_of_run(ask, context)) == attestation  # no second one
+    refused = record_of(train(train_message(tiny_cfg, 3), context))
+    assert refused.kind == "refused" and "end-of-run attestation" in refused.reason

@@ -323,3 +323,27 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_one_before_is_used(tmp_path, 
     assert not newest.exists() and newest.with_name(newest.name + ".corrupt").exists()
     checkpoint_path(tmp_path, 1).write_bytes(b"not a checkpoint")
     assert latest_good_checkpoint(tmp_path) == (0, None)
+
+
+def test_records_under_a_ledger_key_not_admitted_for_the_node_are_rejected(tmp_path):
+    """Each node id has one admitted ledger key: another node's key, or one the partner
+    never handed over, is rejected with the node named, and none of its entries is kept."""
+    from common.ledger.keys import public_key_hex
+
+    admitted = {node: public_key_hex(KEYS[node]) for node in (1, 2, 3)}
+    s, seen = strategy(tmp_path, ledger_keys=admitted)
+    stranger = generate_signing_key()
+    arrays, _ = s.aggregate_train(1, [
+        reply(1, w(2.0, 0.0)),
+        reply(2, w(1000.0, 0.0), key=stranger),   # a key nobody admitted
+        reply(3, w(1000.0, 0.0), key=KEYS[1]),    # node 1's key, sent by node 3
+        reply(4, w(1000.0, 0.0)),                 # a node with no admitted key at all
+    ])
+    np.testing.assert_allclose(arrays["w"].numpy(), [2.0, 0.0])
+    rejected = dict(seen.rounds[1].rejected)
+    assert set(rejected) == {2, 3, 4}
+    assert f"not the key admitted for node 2 ({admitted[2][:16]}...)" in rejected[2]
+    assert rejected[3].startswith(f"records signed by ledger key {admitted[1][:16]}...")
+    assert rejected[4] == "node 4 has no admitted ledger key: its records are not accepted"
+    rows = ledger_lines(tmp_path / "ledger.jsonl")
+    assert [(x["received_from"], x["node_key"]) for x in rows] == [(1, admitted[1])]
