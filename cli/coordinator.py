@@ -326,6 +326,20 @@ class Coordinator:
                                 timeout=600)
         return int(result["run-id"])
 
+    def stop_unfinished_runs(self) -> list[int]:
+        """Stop the runs an earlier start left unfinished in the database; their ids.
+
+        Only one coordinator uses its database, so a run still marked as running was
+        killed with it. Its last message can sit in the database without its content (the
+        ServerApp died while sending it): a node that pulls it waits hours for content
+        that never comes and answers nothing else, until the run is stopped.
+        """
+        stale = [int(run["run-id"]) for run in self.flwr.call("ls", CONNECTION)["runs"]
+                 if not str(run["status"]).startswith("finished")]
+        for run_id in stale:
+            self.flwr.call("stop", str(run_id), CONNECTION, timeout=30)
+        return stale
+
     def run_info(self, run_id: int) -> dict[str, Any]:
         return dict(self.flwr.call("ls", CONNECTION, "--run-id", str(run_id))["runs"][0])
 
@@ -460,6 +474,9 @@ def run_server_command(args: argparse.Namespace) -> int:
                 print(f"fedpriv: admitted {partner.auth_key} ({fingerprint}): node id "
                       f"{node.node_id}, ledger key {node.ledger_key[:16]}...", flush=True)
             cfg = cfg.replace(**{"ledger-keys": str(link.admitted_file)})
+        for run_id in link.stop_unfinished_runs():
+            print(f"fedpriv: stopped run {run_id}, left unfinished by an earlier start",
+                  flush=True)
         app = stage(files_of_app, state_dir / "app")
         print(f"fedpriv: app sha256 {fab_hash(files_of_app)} (partners run it only if they "
               "approved this hash)", flush=True)

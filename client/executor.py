@@ -43,13 +43,22 @@ from flwr.supercore.interceptors import (
     RuntimeVersionHttpInterceptor,
     SuperExecAuthHttpInterceptor,
 )
-from flwr.supercore.retry import RetryInvoker, exponential
-from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import (
-    pull_task_input,
-    push_message,
-    push_task_output,
+from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
 )
+from flwr.supercore.fab import Fab
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+from flwr.supercore.retry import RetryInvoker, exponential
+from flwr.supercore.run import Run
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 log = logging.getLogger("fedpriv.executor")
 
@@ -122,7 +131,10 @@ def serve(address: str, secret: bytes, approved: ApprovedApps, client_app: Clien
                 time.sleep(poll_interval)
                 continue
             if claimed.HasField("task") and claimed.token:
-                run_task(address, claimed.token, approved, client_app)
+                try:
+                    run_task(address, claimed.token, approved, client_app)
+                except Exception:  # noqa: BLE001 - a dead executor would hang the node
+                    log.exception("task could not be closed; taking the next one")
             else:
                 time.sleep(poll_interval)
     finally:
@@ -147,8 +159,40 @@ def run_task(address: str, token: str, approved: ApprovedApps, client_app: Clien
     finally:
         if heartbeat.is_running:
             heartbeat.stop()
-        push_task_output(client=client, context=context, sub_status=status, details=details)
+        try:
+            push_task_output(client=client, context=context, sub_status=status,
+                             details=details)
+        except Exception as exc:  # noqa: BLE001 - see below
+            # The SuperNode revokes a task's token once it finished the task itself (it
+            # could not pull the message from a coordinator that went away, or our
+            # heartbeat lapsed): the status is then its to report, not ours.
+            log.warning("task status not recorded (the SuperNode closed the task): %s", exc)
         client.close()
+
+
+def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, Fab]:
+    """The claimed task's message, context, run and FAB, as Flower's ``flwr-clientapp``
+    pulls them, but waiting at most `RETRY_SECONDS` for the message's content.
+
+    The SuperNode creates the task before it has the content from the coordinator. If the
+    coordinator dies in between (killed while it sent the round's weights), the content
+    never comes; Flower would wait two hours for it, and since this executor answers one
+    task at a time, the node would answer nothing else meanwhile.
+    """
+    task = client.PullTaskInput(PullTaskInputRequest())
+    context, run = context_from_proto(task.context), run_from_proto(task.run)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("the SuperNode has no message for this task")
+    tree, node = pulled.message_object_trees[0], Node(node_id=context.node_id)
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node,
+                                                  context.run_id),
+        return_type=Message, max_time=RETRY_SECONDS)
+    # The deflated message does not carry its own id (its object id).
+    message.metadata.__dict__["_message_id"] = tree.object_id
+    return message, context, run, fab_from_proto(task.fab)
 
 
 def _answer(message: Message, context: Context, fab_id: str, fab_version: str,

@@ -84,7 +84,7 @@ def test_a_coordinator_killed_after_round_1_resumes_with_nothing_lost(tmp_path):
         server = start(started, server_args(pki, port, tmp_path / "coord", *TINY_RUN,
                                             "--num-rounds", "3", "--run-dir", str(run_dir)),
                        tmp_path / "server.log")
-        server.wait_for(r"started run \d+", 120)
+        killed_run = server.wait_for(r"started run (\d+)", 120).group(1)
         for name in names:
             start(started, client_args(f"127.0.0.1:{port}", pki, name, data[name], 8.0,
                                        tmp_path / f"node-{name}", free_port(),
@@ -108,6 +108,8 @@ def test_a_coordinator_killed_after_round_1_resumes_with_nothing_lost(tmp_path):
     assert f"checkpoint {newest} is damaged" in log and "using the checkpoint before it" in log
     assert newest.with_name(newest.name + ".corrupt").read_bytes() == bytes(damaged)  # kept
     assert "resuming" in log
+    # The killed run is stopped first: its last message may lack its content for good.
+    assert f"stopped run {killed_run}, left unfinished by an earlier start" in log
     ids = node_ids(server.text())
     rows = Counter((r.round, r.node_id) for r in server_records(run_dir) if r.kind == "train")
     assert rows == Counter({(r, ids[n]): 1 for r in (1, 2, 3) for n in names})

@@ -114,6 +114,12 @@ def processes() -> Iterator[list[Proc]]:
     started: list[Proc] = []
     try:
         yield started
+    except BaseException:
+        # What every process said last, beside the failure: a hang on one node shows in
+        # its own log, not in the coordinator's.
+        for proc in started:
+            print(f"--- {proc.log}:\n{proc.tail(25)}")
+        raise
     finally:
         for proc in reversed(started):
             proc.kill()

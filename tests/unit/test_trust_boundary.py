@@ -124,3 +124,59 @@ def test_admitted_nodes_round_trip_and_bad_files_are_one_line(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="admitted nodes file .* cannot be read"):
         ledger_keys(str(path))
+
+
+def test_the_executor_outlives_a_task_the_supernode_closed_itself(monkeypatch):
+    """A coordinator that goes away mid-round makes the SuperNode fail the task and revoke
+    its token: pulling the message and reporting the status then fail. The executor must
+    go on to the next task; if it died, the SuperNode would wait for a reply forever."""
+    import httpx
+    from flwr.proto.runtime_pb2 import AcquireTaskResponse  # pylint: disable=E0611
+    from flwr.proto.task_pb2 import Task  # pylint: disable=E0611
+
+    from client import executor
+
+    revoked = httpx.HTTPStatusError("401", request=httpx.Request("POST", "http://node"),
+                                    response=httpx.Response(401))
+    claimed: list[str] = []
+
+    class Node:
+        """The SuperNode's Runtime API: two tasks to claim, the first one's token revoked."""
+
+        def AcquireTask(self, request):  # noqa: N802 - Flower's method name
+            token = f"token-{len(claimed)}"
+            claimed.append(token)
+            return AcquireTaskResponse(task=Task(task_id=len(claimed)), token=token)
+
+        def close(self) -> None:
+            pass
+
+    def pull_task_input(client):
+        if client.token == "token-0":
+            raise revoked
+        raise RuntimeError("the second task is answered")
+
+    reported: list[str] = []
+
+    def push_task_output(client, context, sub_status, details):
+        reported.append(client.token)
+        if client.token == "token-0":
+            raise revoked
+
+    def runtime_client(address, *interceptors, retry=True):
+        node = Node()
+        token = next((i.token for i in interceptors if hasattr(i, "token")), None)
+        node.token = token  # type: ignore[attr-defined]
+        return node
+
+    monkeypatch.setattr(executor, "_runtime_client", runtime_client)
+    monkeypatch.setattr(executor, "pull_task_input", pull_task_input)
+    monkeypatch.setattr(executor, "push_task_output", push_task_output)
+    monkeypatch.setattr(executor, "RuntimeTokenHttpInterceptor",
+                        lambda token: type("Token", (), {"token": token})())
+    monkeypatch.setattr(executor, "HeartbeatSender", lambda beat: type(
+        "Beat", (), {"start": lambda self: None, "is_running": False})())
+    executor.serve("127.0.0.1:1", b"secret", ApprovedApps(frozenset()), client_app=None,
+                   keep_going=lambda: len(claimed) < 2, poll_interval=0)
+    assert claimed == ["token-0", "token-1"]
+    assert reported == ["token-0", "token-1"]  # the second task was still closed
