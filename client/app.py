@@ -7,11 +7,10 @@ Every reply carries a privacy record, signed and chained into the node's own led
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import replace
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -22,6 +21,7 @@ from flwr.clientapp import ClientApp
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader
 
+from client import cache
 from client.attestation import attest, closed_run
 from client.canaries import canary_features
 from client.node import NodeFiles, PrivacyState, budget_of, local_data, node_index
@@ -32,14 +32,7 @@ from common.data import LabelledTexts
 from common.features import Features, features
 from common.ledger.provenance import data_commitment, fingerprint_arrays, make_extra
 from common.ledger.record import PrivacyRecord
-from common.ledger.store import NodeLedger
-from common.model import (
-    build_model,
-    load_tokenizer,
-    load_trainable_state,
-    pick_device,
-    trainable_state,
-)
+from common.model import TextClassifier, load_trainable_state, pick_device, trainable_state
 from common.training import (
     EVAL_BATCH,
     LocalSchedule,
@@ -59,6 +52,7 @@ class NodeRound:
     """What one message asks of this node, with the node's own files, budget and data."""
 
     def __init__(self, msg: Message, context: Context, kind: str) -> None:
+        """What every answer needs, replayed or not; data and model wait until asked for."""
         self.started_at = time.time()
         self.kind = kind
         request = Request.of(msg, context)
@@ -69,21 +63,40 @@ class NodeRound:
         self.files = NodeFiles.of(self.cfg, context)
         self.outbox = Outbox(self.files.directory / "outbox")
         self.state = PrivacyState.load(self.files.state)
-        self.train_rows, self.eval_rows = local_data(self.cfg, context.node_config)
         self.received = from_record(msg.content["arrays"])
         self.model_in = fingerprint_arrays(self.received.values())
-        self.ledger = NodeLedger(self.files.ledger, self.files.signing_key())
+        self.ledger = cache.node_ledger(self.files.ledger, self.files.signing_key())
         self.device = pick_device(self.cfg.train.device)
-        self.tokenizer = load_tokenizer(self.cfg.model)
-        self.model = build_model(self.cfg.model, self.train_rows.label_names, self.cfg.train.seed)
-        load_trainable_state(self.model, self.received)
-        self.model.to(self.device)
+
+    @cached_property
+    def rows(self) -> tuple[LabelledTexts, LabelledTexts]:
+        """(train, eval) rows of this node."""
+        return local_data(self.cfg, self.context.node_config)
+
+    @property
+    def train_rows(self) -> LabelledTexts:
+        return self.rows[0]
+
+    @property
+    def eval_rows(self) -> LabelledTexts:
+        return self.rows[1]
+
+    @cached_property
+    def model(self) -> TextClassifier:
+        """The model with the weights the message carries, on this node's device."""
+        model = cache.fresh_model(self.cfg.model, self.train_rows.label_names,
+                                  self.cfg.train.seed)
+        load_trainable_state(model, self.received)
+        return model.to(self.device)
 
     def features(self, rows: LabelledTexts) -> Features:
         """What the model trains or evaluates on for `rows`; a frozen encoder's embeddings
         come from the node's own cache after the first time."""
-        return features(self.model, rows, self.tokenizer, self.cfg.model, self.device,
-                        self.files.directory / "embeddings")
+        cfg = self.cfg
+        embedded = cache.embedding_cache(self.files.directory / "embeddings", cfg.model,
+                                         self.train_rows.label_names, cfg.train.seed)
+        return features(self.model, rows, cache.tokenizer(cfg.model), cfg.model, self.device,
+                        embedded)
 
     def seed(self) -> int:
         """Torch's seed for this node and round: reproducible runs, distinct draws."""
@@ -105,11 +118,10 @@ class NodeRound:
         # Everything in the MetricRecord leaves the node without DP: the record names it.
         if metrics:
             record = replace(record, disclosed=dict(metrics))
-        rows = json.dumps([self.train_rows.texts, self.train_rows.labels]).encode()
         extra = make_extra(
             model_in=self.model_in,
             model_out=fingerprint_arrays(sent.values()) if sent else None,
-            data=data_commitment(hashlib.sha256(rows).hexdigest(), self.files.data_salt()),
+            data=data_commitment(self.train_rows.digest, self.files.data_salt()),
             accountant_settings={"opacus": opacus.__version__},
             started_at=self.started_at, finished_at=time.time())
         reply = Outgoing(run_id=self.run_id, round=self.server_round, kind=self.kind,

@@ -21,6 +21,7 @@ from typing import Any
 
 from flwr.app import Context, Message
 
+from client import cache
 from client.node import NodeFiles, PrivacyState, budget_of
 from client.request import Request
 from common.ledger.record import ATTESTATION, ATTESTS_KEY, PrivacyRecord
@@ -36,7 +37,7 @@ def attest(msg: Message, context: Context) -> Message:
     """
     request = Request.of(msg, context)
     files = NodeFiles.of(request.cfg, context)
-    ledger = NodeLedger(files.ledger, files.signing_key())
+    ledger = cache.node_ledger(files.ledger, files.signing_key())
     state = PrivacyState.load(files.state)
     budget = budget_of(request.cfg, context.node_config)
     record = state.record(request.run_id, request.server_round, context.node_id, ATTESTATION,

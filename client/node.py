@@ -17,14 +17,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Context
 
+from client import cache
 from common import privacy
 from common.config import RunConfig
-from common.data import LabelledTexts, load_labelled_texts, split
+from common.data import LabelledTexts
 from common.errors import ConfigError
 from common.files import write_atomic
 from common.ledger.keys import create_signing_key, load_private_key
 from common.ledger.record import PrivacyRecord
-from common.partition import client_partition, pool_and_held_out
 from common.privacy import History, PrivacyPlan
 
 # Node-config keys a partner sets when starting its SuperNode.
@@ -83,7 +83,7 @@ def node_index(context: Context) -> int:
 
 
 def local_data(cfg: RunConfig, node_config: dict) -> tuple[LabelledTexts, LabelledTexts]:
-    """(train, eval) rows of this node.
+    """(train, eval) rows of this node, loaded once per process (client.cache).
 
     A deployed node reads its own file (node-config `data-path`). Only a simulated node
     (node-config carries `partition-id`) takes its rows from the run config, as a
@@ -91,15 +91,13 @@ def local_data(cfg: RunConfig, node_config: dict) -> tuple[LabelledTexts, Labell
     """
     if "data-path" in node_config:
         overrides = {k: node_config[k] for k in DATA_KEYS if k in node_config}
-        data = load_labelled_texts(cfg.replace(**overrides).data)
-    elif "partition-id" in node_config:
-        pool, _ = pool_and_held_out(cfg.data, cfg.train.seed)
-        data = client_partition(pool, cfg.data, int(node_config["partition-id"]),
-                                int(node_config["num-partitions"]), cfg.train.seed)
-    else:
-        raise ConfigError("this node has no data: start it with "
-                          "--node-config \"data-path='/path/to/data.csv'\"")
-    return split(data, LOCAL_EVAL_FRACTION, cfg.train.seed)
+        return cache.node_rows(cfg.replace(**overrides).data, cfg.train.seed,
+                               LOCAL_EVAL_FRACTION, None)
+    if "partition-id" in node_config:
+        partition = (int(node_config["partition-id"]), int(node_config["num-partitions"]))
+        return cache.node_rows(cfg.data, cfg.train.seed, LOCAL_EVAL_FRACTION, partition)
+    raise ConfigError("this node has no data: start it with "
+                      "--node-config \"data-path='/path/to/data.csv'\"")
 
 
 class NodeFiles:

@@ -7,11 +7,13 @@ anything is trained or written.
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.metadata
 import io
 import json
 import random
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from common.config import DataConfig
@@ -37,6 +39,12 @@ class LabelledTexts:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of the rows (texts and labels): what a node's data commitment and its
+        embedding cache are keyed by; computed once per object."""
+        return hashlib.sha256(json.dumps([self.texts, self.labels]).encode()).hexdigest()
 
     def subset(self, indices: list[int]) -> LabelledTexts:
         return LabelledTexts([self.texts[i] for i in indices],

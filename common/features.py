@@ -75,38 +75,51 @@ class Features:
                           collate_fn=self.collate)
 
 
+@dataclass(frozen=True)
+class EmbeddingCache:
+    """A node's folder of embeddings, and the fingerprint of the frozen encoder (with its
+    pooling and token limit) they come from: computed once per encoder, since hashing
+    22M weights costs more than reading a node's cached embeddings."""
+
+    directory: Path
+    encoder: str
+
+    @classmethod
+    def of(cls, directory: Path, model: TextClassifier, max_length: int) -> EmbeddingCache:
+        h = hashlib.sha256()
+        h.update(fingerprint_arrays(p.detach().cpu().numpy()
+                                    for p in model.encoder.state_dict().values()).encode())
+        h.update(json.dumps([model.pooling.mode, model.pooling.normalize, max_length]).encode())
+        return cls(directory, h.hexdigest())
+
+    def path(self, rows: LabelledTexts) -> Path:
+        """The file of `rows`' embeddings: keyed by the encoder and the rows themselves."""
+        key = hashlib.sha256(f"{self.encoder}:{rows.digest}".encode()).hexdigest()
+        return self.directory / f"embeddings-{key[:32]}.npy"
+
+
 def features(model: TextClassifier, rows: LabelledTexts, tokenizer, cfg: ModelConfig,
-             device: torch.device, cache_dir: Path | None = None) -> Features:
+             device: torch.device, cache: EmbeddingCache | None = None) -> Features:
     """What `model` trains on for `rows` under `cfg.finetune`."""
     if cfg.finetune == "head":
-        vectors = embeddings(model, rows, tokenizer, cfg.max_length, device, cache_dir)
+        vectors = embeddings(model, rows, tokenizer, cfg.max_length, device, cache)
         return Features(model.head, TensorDataset(vectors, torch.tensor(rows.labels)))
     tokens = TokenRows(rows, tokenizer, cfg.max_length)
     return Features(model, tokens, tokens.collate)
 
 
 def embeddings(model: TextClassifier, rows: LabelledTexts, tokenizer, max_length: int,
-               device: torch.device, cache_dir: Path | None) -> torch.Tensor:
-    """The pooled embedding of every row, from `cache_dir` when it holds them."""
-    if cache_dir is None:  # the server's held-out rows: embedded once per run, in memory
+               device: torch.device, cache: EmbeddingCache | None) -> torch.Tensor:
+    """The pooled embedding of every row, from `cache` when it holds them."""
+    if cache is None:  # the server's held-out rows: embedded once per run, in memory
         return _embed(model, TokenRows(rows, tokenizer, max_length), device)
-    path = cache_dir / f"embeddings-{cache_key(model, rows, max_length)[:32]}.npy"
+    path = cache.path(rows)
     if path.exists():
         return torch.from_numpy(np.load(path))
     vectors = _embed(model, TokenRows(rows, tokenizer, max_length), device)
     write_atomic(path, _npy_bytes(vectors.numpy()), mode=0o600)
-    _prune(cache_dir)
+    _prune(cache.directory)
     return vectors
-
-
-def cache_key(model: TextClassifier, rows: LabelledTexts, max_length: int) -> str:
-    """sha256 of everything an embedding depends on: weights, pooling, limit, texts."""
-    h = hashlib.sha256()
-    h.update(fingerprint_arrays(p.detach().cpu().numpy()
-                                for p in model.encoder.state_dict().values()).encode())
-    h.update(json.dumps([model.pooling.mode, model.pooling.normalize, max_length,
-                         rows.texts]).encode())
-    return h.hexdigest()
 
 
 @torch.no_grad()

@@ -59,10 +59,11 @@ def partitioned(pool: LabelledTexts, cfg: DataConfig, num_partitions: int,
     return partitioner
 
 
-def client_partition(pool: LabelledTexts, cfg: DataConfig, partition_id: int,
-                     num_partitions: int, seed: int) -> LabelledTexts:
-    """The rows simulated client `partition_id` holds; the same on every process for a seed."""
+def client_partition(pool: LabelledTexts, partitioner: Partitioner, partition_id: int,
+                     num_partitions: int) -> LabelledTexts:
+    """The rows simulated client `partition_id` holds (`partitioner` from `partitioned`,
+    seeded: the same on every process)."""
     if not 0 <= partition_id < num_partitions:
         raise ConfigError(f"partition-id {partition_id} outside 0..{num_partitions - 1}")
-    rows = partitioned(pool, cfg, num_partitions, seed).load_partition(partition_id)["row"]
+    rows = partitioner.load_partition(partition_id)["row"]
     return pool.subset(sorted(rows))

@@ -60,13 +60,19 @@ def plan(cfg: PrivacyConfig, *, budget: float, delta: float, sample_rate: float,
     A noise multiplier set directly in the config is used as given; the budget still
     bounds what the node will spend with it.
     """
-    sigma = cfg.noise_multiplier or get_noise_multiplier(
-        target_epsilon=budget, target_delta=delta, sample_rate=sample_rate,
-        steps=steps_per_round * planned_rounds, accountant=cfg.accountant)
+    sigma = cfg.noise_multiplier or _noise_multiplier(
+        budget, delta, sample_rate, steps_per_round * planned_rounds, cfg.accountant)
     return PrivacyPlan(noise_multiplier=float(sigma), sample_rate=sample_rate,
                        steps_per_round=steps_per_round, planned_rounds=planned_rounds,
                        max_grad_norm=cfg.max_grad_norm, delta=delta, budget=budget,
                        accountant=cfg.accountant)
+
+
+@lru_cache(maxsize=256)  # pure; a simulation's nodes share few (q, steps) settings
+def _noise_multiplier(budget: float, delta: float, sample_rate: float, steps: int,
+                      accountant: str) -> float:
+    return get_noise_multiplier(target_epsilon=budget, target_delta=delta,
+                                sample_rate=sample_rate, steps=steps, accountant=accountant)
 
 
 def opacus_history(phases: Sequence[Phase]) -> tuple[Phase, ...]:

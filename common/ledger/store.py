@@ -19,6 +19,7 @@ from common.ledger.entry import (
     entry_hash,
     make_entry,
     shape_problem,
+    signature_ok,
     with_receipt,
 )
 from common.ledger.keys import public_key_hex
@@ -34,9 +35,13 @@ def read_ledger(path: str | Path) -> list[LedgerLine]:
     does not parse.
     """
     path = Path(path)
-    text = read_utf8(path, "ledger", LedgerError)
+    return parse_lines(path, read_utf8(path, "ledger", LedgerError))
+
+
+def parse_lines(path: Path, text: str, first_line: int = 1) -> list[LedgerLine]:
+    """The entries of ledger text that starts at line `first_line` of `path`."""
     lines = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.splitlines(), start=first_line):
         if not raw.strip():
             continue
         try:
@@ -84,43 +89,101 @@ class NodeLedger:
 
     Opening an existing file verifies this key's chain in it and continues from its
     last entry; a broken local chain is refused rather than extended.
+
+    The entries are kept in memory and the file is read again only where it grew:
+    a node answers every message of a long run without re-reading or re-verifying
+    its whole history. Another process of the same node (a simulation's other Ray
+    worker, a restarted executor) may have appended meanwhile; its lines are taken
+    in, and this key's among them must extend the verified chain.
     """
 
     def __init__(self, path: str | Path, private_key: Ed25519PrivateKey) -> None:
         self.path = Path(path)
         self._key = private_key
         self.node_key = public_key_hex(private_key)
-        self.last_hash = GENESIS
-        if self.path.exists():
-            self._resume()
+        self._forget()
+        self._read_new()
 
-    def _resume(self) -> None:
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
+    def _forget(self) -> None:
+        self.last_hash = GENESIS
+        self._entries: list[dict[str, Any]] = []
+        self._own: list[dict[str, Any]] = []       # this key's entries, in order
+        self._own_at: dict[str, int] = {}           # entry hash -> index in _own
+        self._hashes: set[str] = set()              # of every entry in the file
+        self._seen = (0, 0, 0, 0)  # (inode, bytes, lines, mtime) of what was read so far
+
+    def _read_new(self) -> None:
+        """Take in what was appended to the file since it was last read."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._forget()
+            return
+        inode, size, lines, mtime = self._seen
+        if stat.st_size == size and (stat.st_ino, stat.st_mtime_ns) == (inode, mtime):
+            return
+        if stat.st_ino != inode or stat.st_size <= size:
+            # Replaced, cut or changed in place: read and verify it from the start.
+            self._forget()
+            inode, size, lines = stat.st_ino, 0, 0
+            if not stat.st_size:
+                self._seen = (inode, 0, 0, stat.st_mtime_ns)
+                return
+        with open(self.path, "rb") as fh:
+            fh.seek(size)
+            data = fh.read()
+        if not data.endswith(b"\n"):
             raise LedgerError(f"ledger {self.path} ends in a cut-off line (an interrupted "
                               "write): move the file aside and check it with `fedpriv audit`")
-        own = [line for line in read_ledger(self.path) if line.entry["node_key"] == self.node_key]
-        problems = verify_entries(own)
-        if problems:
-            raise LedgerError(f"ledger {self.path} does not verify ({problems[0]}): refusing "
-                              "to extend it")
-        if own:
-            self.last_hash = entry_hash(own[-1].entry)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise LedgerError(f"ledger {self.path} cannot be read: {exc}") from None
+        new = parse_lines(self.path, text, lines + 1)
+        if size == 0:  # the whole file: every check an auditor makes on this key's chain
+            own = [line for line in new if line.entry["node_key"] == self.node_key]
+            problems = verify_entries(own)
+            if problems:
+                raise LedgerError(f"ledger {self.path} does not verify ({problems[0]}): "
+                                  "refusing to extend it")
+        for line in new:
+            self._take(line, appended=size > 0)
+        self._seen = (inode, stat.st_size, lines + text.count("\n"), stat.st_mtime_ns)
+
+    def _take(self, line: LedgerLine, appended: bool) -> None:
+        entry, h = line.entry, entry_hash(line.entry)
+        if appended and entry["node_key"] == self.node_key:
+            # Lines appended since the first read: each of ours must extend the chain.
+            why = ""
+            if not signature_ok(entry):
+                why = "bad signature: the entry was changed after the node signed it"
+            elif entry["prev_hash"] != self.last_hash:
+                why = "broken chain: it does not follow this key's last entry"
+            if why:
+                raise LedgerError(f"ledger {self.path} does not verify ({line.where}: {why}): "
+                                  "refusing to extend it")
+        self._entries.append(entry)
+        self._hashes.add(h)
+        if entry["node_key"] == self.node_key:
+            self._own_at[h] = len(self._own)
+            self._own.append(entry)
+            self.last_hash = h
 
     def sign(self, record: PrivacyRecord, extra: Mapping[str, Any] | None = None) -> dict:
         """The entry for `record` (+ `extra`) chained after the last one; not yet written."""
+        self._read_new()
         return make_entry(record, extra, self.last_hash, self._key)
 
     def commit(self, entry: Mapping[str, Any]) -> None:
         """Write a signed entry durably, unless the ledger holds it already."""
-        h = entry_hash(entry)
-        if h == self.last_hash or h in {entry_hash(e) for e in self.entries()}:
+        self._read_new()
+        if entry_hash(entry) in self._hashes:
             return
         if entry["prev_hash"] != self.last_hash:
             raise LedgerError(f"ledger {self.path}: the entry does not follow the last one "
                               "(signed before a later entry was written)")
         append_line(self.path, entry)
-        self.last_hash = h
+        self._read_new()
 
     def append(self, record: PrivacyRecord, extra: Mapping[str, Any] | None = None) -> dict:
         """Sign `record` (+ `extra`) onto the chain, write it durably, return the entry."""
@@ -129,7 +192,8 @@ class NodeLedger:
         return entry
 
     def entries(self) -> list[dict[str, Any]]:
-        return read_entries(self.path) if self.path.exists() else []
+        self._read_new()
+        return list(self._entries)
 
     def after(self, head: str, run_id: int) -> list[dict[str, Any]]:
         """This key's entries of run `run_id` written after the entry hashed `head`.
@@ -137,12 +201,11 @@ class NodeLedger:
         With no head (the server holds nothing from this node yet), all of the run's.
         A head not in this ledger names no entry of ours: nothing is sent.
         """
-        own = [e for e in self.entries() if e["node_key"] == self.node_key]
-        hashes = [entry_hash(e) for e in own]
-        if head and head not in hashes:
+        self._read_new()
+        if head and head not in self._own_at:
             return []
-        start = hashes.index(head) + 1 if head else 0
-        return [e for e in own[start:] if e["record"]["run_id"] == run_id]
+        start = self._own_at[head] + 1 if head else 0
+        return [e for e in self._own[start:] if e["record"]["run_id"] == run_id]
 
     def unsent(self, head: str, run_id: int, entry: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The entries of run `run_id` after `head` and before `entry`: what travels with

@@ -6,7 +6,7 @@ import pytest
 from common.config import DataConfig, RunConfig
 from common.data import EMBEDDED_LABELS, MIN_ROWS, LabelledTexts, load_labelled_texts, split
 from common.errors import DataError
-from common.partition import client_partition, pool_and_held_out
+from common.partition import client_partition, partitioned, pool_and_held_out
 from tests.helpers.data import numbered_rows, write_csv
 
 ROWS = numbered_rows(30)
@@ -92,8 +92,8 @@ def test_partitions_are_disjoint_cover_the_pool_and_reproduce(partitioner):
     cfg = RunConfig().replace(**{"max-examples": 1200, "partitioner": partitioner,
                                  "dirichlet-alpha": 0.3, "classes-per-client": 2}).data
     pool, _ = pool_and_held_out(cfg, seed=5)
-    parts = [client_partition(pool, cfg, i, 4, seed=5) for i in range(4)]
-    again = client_partition(pool, cfg, 2, 4, seed=5)
+    parts = [client_partition(pool, partitioned(pool, cfg, 4, 5), i, 4) for i in range(4)]
+    again = client_partition(pool, partitioned(pool, cfg, 4, 5), 2, 4)
     assert again.texts == parts[2].texts
     assert sum(len(p) for p in parts) == len(pool)
     label_sets = [set(p.labels) for p in parts]
@@ -113,7 +113,7 @@ def test_iid_clients_hold_every_label_in_proportion():
     pool, _ = pool_and_held_out(cfg.data, 42)
     share = {y: n / len(pool) for y, n in Counter(pool.labels).items()}
     for k in range(4):
-        part = client_partition(pool, cfg.data, k, 4, 42)
+        part = client_partition(pool, partitioned(pool, cfg.data, 4, 42), k, 4)
         counts = Counter(part.labels)
         assert {y: round(counts[y] / len(part) - share[y], 2) for y in share} == pytest.approx(
             dict.fromkeys(share, 0.0), abs=0.05)

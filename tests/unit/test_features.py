@@ -11,7 +11,7 @@ import torch
 from common.config import RunConfig
 from common.data import EMBEDDED_LABELS, subsample
 from common.export import export_model
-from common.features import TokenRows, features
+from common.features import EmbeddingCache, TokenRows, features
 from common.model import TextClassifier, build_model, load_tokenizer, trainable_state
 from tests.helpers.data import embedded_data, fixed_length
 
@@ -46,9 +46,9 @@ def test_a_second_round_reads_embeddings_from_the_cache(rows, tmp_path, monkeypa
     cfg, model = tiny()
     calls = count_embeds(model, monkeypatch)
     tokenizer = load_tokenizer(cfg.model)
-    first = features(model, rows, tokenizer, cfg.model, CPU, tmp_path)
+    first = features(model, rows, tokenizer, cfg.model, CPU, EmbeddingCache.of(tmp_path, model, 32))
     assert sum(calls) == len(rows)
-    again = features(model, rows, tokenizer, cfg.model, CPU, tmp_path)
+    again = features(model, rows, tokenizer, cfg.model, CPU, EmbeddingCache.of(tmp_path, model, 32))
     assert sum(calls) == len(rows)  # the encoder did not run again
     assert torch.equal(first.dataset.tensors[0], again.dataset.tensors[0])
     assert again.module is model.head
@@ -58,14 +58,15 @@ def test_a_second_round_reads_embeddings_from_the_cache(rows, tmp_path, monkeypa
 def test_the_cache_is_invalidated_when_data_or_model_change(rows, tmp_path, monkeypatch):
     cfg, model = tiny()
     tokenizer = load_tokenizer(cfg.model)
-    features(model, rows, tokenizer, cfg.model, CPU, tmp_path)
+    features(model, rows, tokenizer, cfg.model, CPU, EmbeddingCache.of(tmp_path, model, 32))
     calls = count_embeds(model, monkeypatch)
     fewer = rows.subset(list(range(len(rows) - 1)))
-    features(model, fewer, tokenizer, cfg.model, CPU, tmp_path)
+    features(model, fewer, tokenizer, cfg.model, CPU, EmbeddingCache.of(tmp_path, model, 32))
     assert sum(calls) == len(fewer)  # other rows: embedded anew
     _, other = tiny(seed=1)  # other encoder weights
     other_calls = count_embeds(other, monkeypatch)
-    changed = features(other, rows, tokenizer, cfg.model, CPU, tmp_path)
+    changed = features(other, rows, tokenizer, cfg.model, CPU,
+                       EmbeddingCache.of(tmp_path, other, 32))
     assert sum(other_calls) == len(rows)
     with torch.no_grad():
         ids, mask, _ = TokenRows(rows, tokenizer, 32).collate(
