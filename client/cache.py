@@ -63,7 +63,9 @@ def node_rows(data: DataConfig, seed: int, test_fraction: float, partition: tupl
     return _node_rows(data, seed, test_fraction, partition, FileStamp.of(data))
 
 
-@lru_cache(maxsize=16)
+# Row subsets of one pool: a simulation worker keeps every node's it serves (a
+# cross-device node holds a few dozen rows), a deployed node its one file.
+@lru_cache(maxsize=1024)
 def _node_rows(data: DataConfig, seed: int, test_fraction: float,
                partition: tuple[int, int] | None, stamp: FileStamp
                ) -> tuple[LabelledTexts, LabelledTexts]:

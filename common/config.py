@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from typing import Any, get_type_hints
 
 from common.errors import ConfigError, require
@@ -256,12 +257,13 @@ class RunConfig:
         return RunConfig.from_flat({**self.to_flat(), **flat_overrides})
 
 
-def _all_keys() -> list[tuple[str, tuple[str, type]]]:
+@lru_cache(maxsize=1)  # the dataclasses' fields never change; type hints are slow to read
+def _all_keys() -> tuple[tuple[str, tuple[str, type]], ...]:
     out = []
     for section, cls in SECTIONS.items():
         hints = get_type_hints(cls)
         out.extend((section, (key_of(f.name), hints[f.name])) for f in fields(cls))
-    return out
+    return tuple(out)
 
 
 def _coerce(key: str, value: Any, hint: type) -> Any:
