@@ -205,14 +205,14 @@ def scale(args: argparse.Namespace) -> None:
 
 
 def soak(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "soak.log", "w+") as log:
         run_dir = Path(tmp) / "soak"
         flags = [f"--{k}={v}" for k, v in run_config(4, args.soak, 1.0).items()
                  if k != "central-eval"]
+        # Its output goes to a file: a pipe nobody reads fills up and blocks the run.
         proc = subprocess.Popen([sys.executable, "-m", "cli.main", "simulate",
                                  "--num-clients", "4", "--run-dir", str(run_dir), *flags,
-                                 "--no-central-eval"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+                                 "--no-central-eval"], cwd=ROOT, stdout=log, stderr=log)
         memory, samples = PeakMemory(proc.pid), []
         memory.start()
         while proc.poll() is None:
@@ -224,8 +224,9 @@ def soak(args: argparse.Namespace) -> None:
             samples.append((done, memory.last))
         memory.done = True
         if proc.returncode:
-            raise SystemExit(f"soak failed:\n{proc.stderr.read()[-3000:]}")
-    per_round, _ = fedpriv_rounds(run_dir) if run_dir.exists() else ([], [])
+            log.seek(0)
+            raise SystemExit(f"soak failed:\n{log.read()[-3000:]}")
+        per_round, _ = fedpriv_rounds(run_dir)
     tenth = max(1, args.soak // 10)
     first, last = per_round[1:tenth + 1], per_round[-tenth:]
     mem_first = [m for r, m in samples if 1 <= r <= tenth]

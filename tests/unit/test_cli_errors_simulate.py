@@ -41,6 +41,7 @@ def sweep_argv(out: Path, *extra: object) -> list:
     ("--client-gpus", "nan"), ("--client-gpus", "100000"), ("--seed", "-1"),
     ("--seed", "99999999999999999999999"), ("--min-train-clients", "3"), ("--min-updates", "3"),
     ("--ray-address", "ray://127.0.0.1:9"), ("--ray-address", "nonsense"),
+    ("--epsilon", "200"),  # the prv accountant's cost: refused before anything starts
 ])
 def test_simulate_refuses_a_bad_flag_value(capsys, tmp_path, flag, value):
     one_line_error(capsys, simulate_argv(tmp_path / "run", flag, value), flag)
