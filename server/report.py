@@ -19,6 +19,8 @@ from server.outcome import RoundOutcome
 COLUMNS = ("round", "trained", "refused", "failed", "loss", "accuracy", "fed_accuracy",
            "epsilon_max", "epsilon_mean", "seconds")
 
+MAX_FAILURES_SHOWN = 5
+
 HEADERS = {"accuracy": "acc", "fed_accuracy": "fed acc", "epsilon_max": "eps max",
            "epsilon_mean": "eps mean", "seconds": "s", "trained": "ok", "refused": "refused",
            "failed": "failed"}
@@ -74,6 +76,16 @@ class RoundReporter:
             f"{row['refused']} refused {row['failed']} failed | loss {row['loss']:.3f} "
             f"acc {row['accuracy']:.3f} | eps max {row['epsilon_max']:.2f} | "
             f"{row['seconds']:.0f} s")
+        # Each failure by name and its first line (Ray's run to a page); metrics.json
+        # keeps the whole reason. A thousand-client round lists a few, then counts.
+        failures = row["failures"]
+        for failure in failures[:MAX_FAILURES_SHOWN]:
+            why = failure["why"].strip().splitlines()[0] if failure["why"].strip() else "?"
+            self.console.print(f"  node {failure['node']} failed: {why[:200]}",
+                               highlight=False, markup=False, soft_wrap=True)
+        if len(failures) > MAX_FAILURES_SHOWN:
+            self.console.print(f"  and {len(failures) - MAX_FAILURES_SHOWN} more failures "
+                               "(metrics.json)", highlight=False)
 
     def summary_table(self) -> Table:
         table = Table(title=f"Run summary ({self.run_dir})")

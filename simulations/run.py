@@ -57,7 +57,12 @@ class SimulationResources:
         init_args: dict = {"ignore_reinit_error": True}
         if self.ray_address:
             init_args["address"] = self.ray_address
-        return {"client_resources": {"num_cpus": self.client_cpus, "num_gpus": self.client_gpus},
+        # Flower hands `client_resources` to Ray's actor options. Flower's pool puts an
+        # actor whose process died (OOM killer, signal) back in its queue, so without
+        # restarts every later message sent to it fails too: Ray restarts it instead.
+        # The task it was running is not retried; its client is reported failed.
+        return {"client_resources": {"num_cpus": self.client_cpus, "num_gpus": self.client_gpus,
+                                     "max_restarts": -1},
                 "init_args": init_args}
 
 

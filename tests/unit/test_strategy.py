@@ -252,6 +252,26 @@ def test_the_report_is_written_from_outcomes(tmp_path):
     assert row["failures"] == [{"node": 4, "why": "no reply"}]
 
 
+def test_the_round_line_names_each_failure_in_one_line_then_counts(tmp_path):
+    from rich.console import Console
+
+    from server.report import MAX_FAILURES_SHOWN, RoundReporter
+
+    out = io.StringIO()
+    reporter = RoundReporter(tmp_path, 1, {}, Console(file=out, width=300))
+    died = "error 0: <class 'ray.exceptions.ActorDiedError'>:<'The actor died.\n\tpid: 9"
+    failed = [(node, died) for node in range(1, MAX_FAILURES_SHOWN + 3)]
+    reporter.train_round_done(RoundOutcome(1, "train", failed=failed))
+    reporter.end_round(1, None)
+    lines = out.getvalue().splitlines()
+    assert lines[1] == f"  node 1 failed: {died.splitlines()[0]}"
+    assert sum("failed: error 0" in line for line in lines) == MAX_FAILURES_SHOWN
+    assert lines[-1] == "  and 2 more failures (metrics.json)"
+    # The file keeps every failure and its whole reason.
+    row = json.loads((tmp_path / "metrics.json").read_text())["rounds"][0]
+    assert [f["why"] for f in row["failures"]] == [died] * len(failed)
+
+
 class FakeGrid:
     def __init__(self, nodes):
         self.nodes = nodes
