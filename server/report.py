@@ -81,8 +81,8 @@ class RoundReporter:
         # keeps the whole reason. A thousand-client round lists a few, then counts.
         failures = row["failures"]
         for failure in failures[:MAX_FAILURES_SHOWN]:
-            why = failure["why"].strip().splitlines()[0] if failure["why"].strip() else "?"
-            self.console.print(f"  node {failure['node']} failed: {why[:200]}",
+            first = failure["why"].strip().splitlines()[:1] or ["?"]
+            self.console.print(f"  node {failure['node']} failed: {first[0][:200]}",
                                highlight=False, markup=False, soft_wrap=True)
         if len(failures) > MAX_FAILURES_SHOWN:
             self.console.print(f"  and {len(failures) - MAX_FAILURES_SHOWN} more failures "
