@@ -27,18 +27,23 @@ HEADERS = {"accuracy": "acc", "fed_accuracy": "fed acc", "epsilon_max": "eps max
 
 
 class RoundReporter:
-    """Prints one row per round as it ends and rewrites metrics.json / metrics.csv.
+    """Prints one row per round as it ends, appends it to metrics.csv, rewrites metrics.json.
 
     A RoundObserver: it keeps what the strategy's outcomes say about a round until
-    `end_round` (after Flower's central evaluation) writes the round's row.
+    `end_round` (after Flower's central evaluation) writes the round's row. A round's cost
+    must not grow with the run: each row is encoded once, metrics.csv is only appended to,
+    and metrics.json (one row per line) is joined from the rows already encoded.
     """
 
     def __init__(self, run_dir: Path, num_rounds: int, config: dict[str, Any],
                  console: Console | None = None, up_to: int | None = None) -> None:
         """`up_to`: a resumed run keeps the rows of rounds up to its checkpoint."""
-        self.run_dir, self.num_rounds, self.config = run_dir, num_rounds, config
+        self.run_dir, self.num_rounds = run_dir, num_rounds
         self.console = console or Console(stderr=True)
         self.rows: list[dict[str, Any]] = [] if up_to is None else self._earlier_rows(up_to)
+        self._encoded = [json.dumps(row) for row in self.rows]
+        self._head = f'{{"config": {json.dumps(config)},\n "rounds": [\n'
+        self._start_csv()
         self.started = time.monotonic() - (self.rows[-1]["seconds"] if self.rows else 0.0)
         # Per round, until its row is written: the train outcome and federated metrics.
         self._trained: dict[int, RoundOutcome] = {}
@@ -65,7 +70,7 @@ class RoundReporter:
                    seconds=round(time.monotonic() - self.started, 3))
         self.rows.append(row)
         self._print(row)
-        self._write()
+        self._write(row)
 
     def _print(self, row: dict[str, Any]) -> None:
         if row["round"] == 0:
@@ -96,14 +101,25 @@ class RoundReporter:
             table.add_row(*(_fmt(row[c]) for c in COLUMNS))
         return table
 
-    def _write(self) -> None:
-        payload = json.dumps({"config": self.config, "rounds": self.rows}, indent=2)
+    def _start_csv(self) -> None:
+        """metrics.csv anew: its header and a resumed run's earlier rows."""
+        write_atomic(self.run_dir / "metrics.csv", _csv_rows(self.rows, header=True))
+
+    def _write(self, row: dict[str, Any]) -> None:
+        self._encoded.append(json.dumps(row))
+        payload = self._head + ",\n".join(self._encoded) + "\n]}\n"
         write_atomic(self.run_dir / "metrics.json", payload.encode())
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+        with open(self.run_dir / "metrics.csv", "ab") as fh:
+            fh.write(_csv_rows([row], header=False))
+
+
+def _csv_rows(rows: list[dict[str, Any]], header: bool) -> bytes:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, extrasaction="ignore")
+    if header:
         writer.writeheader()
-        writer.writerows(self.rows)
-        write_atomic(self.run_dir / "metrics.csv", out.getvalue().encode())
+    writer.writerows(rows)
+    return out.getvalue().encode()
 
 
 def _row(server_round: int, outcome: RoundOutcome | None, federated: dict[str, Any],

@@ -252,6 +252,30 @@ def test_the_report_is_written_from_outcomes(tmp_path):
     assert row["failures"] == [{"node": 4, "why": "no reply"}]
 
 
+def test_a_resumed_report_keeps_earlier_rows_and_appends_later_ones(tmp_path):
+    import csv
+
+    from rich.console import Console
+
+    from server.report import RoundReporter
+
+    def rounds(reporter, numbers):
+        for n in numbers:
+            reporter.train_round_done(RoundOutcome(n, "train", trained=[record(1, eps=n)]))
+            reporter.end_round(n, None)
+
+    rounds(RoundReporter(tmp_path, 5, {"seed": 7}, Console(file=io.StringIO())), [1, 2, 3])
+    # The coordinator died after round 3, its checkpoint says round 2: rounds 3 on again.
+    rounds(RoundReporter(tmp_path, 5, {"seed": 7}, Console(file=io.StringIO()), up_to=2),
+           [3, 4])
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["config"] == {"seed": 7}
+    assert [(r["round"], r["epsilon_max"]) for r in written["rounds"]] == [
+        (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
+    with open(tmp_path / "metrics.csv") as fh:
+        assert [int(r["round"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4]
+
+
 def test_the_round_line_names_each_failure_in_one_line_then_counts(tmp_path):
     from rich.console import Console
 
