@@ -104,6 +104,22 @@ def test_epsilon_equals_opacus_accountant_for_the_same_mechanism(dataset, accoun
         reference.get_epsilon(delta=1e-5), rel=1e-9)
 
 
+def test_the_per_step_rdp_is_opacus_own_and_computed_once_per_setting():
+    from opacus.accountants.analysis import rdp
+
+    memoised = rdp._compute_rdp
+    for q, sigma, alpha in [(0.25, 3.47, 1.5), (0.01, 0.8, 7.0), (1.0, 2.0, 32)]:
+        assert memoised(q, sigma, alpha) == memoised.__wrapped__(q, sigma, alpha)
+    # A longer history of the same (sigma, q): the PRV domain and the RDP accountant
+    # reuse every per-step value; only the composition itself is new work.
+    privacy.epsilon([(2.345, 0.125, 10)], 1e-5, "prv")
+    misses = memoised.cache_info().misses
+    for steps in (50, 500):
+        for name in ("prv", "rdp"):
+            privacy.epsilon([(2.345, 0.125, steps)], 1e-5, name)
+    assert memoised.cache_info().misses == misses
+
+
 @pytest.mark.parametrize("examples, batch", [(1, 8), (7, 8), (8, 8), (9, 8), (180, 8),
                                              (96, 32), (97, 32), (1000, 64)])
 def test_local_schedule_is_the_loader_opacus_samples_from(examples, batch):
