@@ -2,8 +2,8 @@
 
 The attack on the promise is the OOM killer (or a signal) taking a Ray worker while it
 trains. Flower turns the lost task into an error reply; fedpriv names the node and the
-reason under the round's line, Ray restarts the worker, and the later rounds have every
-client again, instead of a silent wait for the round timeout.
+reason under the round's line, Ray restarts the worker, and once it is back the rounds
+have every client again, instead of a silent wait for the round timeout.
 """
 
 from __future__ import annotations
@@ -66,11 +66,17 @@ def test_a_killed_simulated_client_is_reported_within_seconds_and_the_run_finish
     assert re.search(r"Actor(Died|Unavailable)Error", line), line
     assert f"round {ROUNDS}/{ROUNDS} clients 2 ok 0 refused 0 failed" in log, log[-3000:]
     rows = json.loads((run_dir / "metrics.json").read_text())["rounds"][1:]
+    victim_node = int(re.search(r"node (\d+)", line).group(1))
     hit = [row for row in rows if row["failures"]]
-    assert len(hit) == 1 and hit[0]["trained"] == 1, rows
-    assert hit[0]["failures"][0]["node"] == int(re.search(r"node (\d+)", line).group(1))
-    # Ray restarted the worker: every later round has both clients.
-    assert all(row["trained"] == 2 for row in rows if row["round"] > hit[0]["round"])
+    # Only the killed node fails, and only in the rounds from the kill until Ray has its
+    # worker back (a fresh worker imports for seconds: on a slow machine a short round
+    # can pass meanwhile). Every round after that has both clients again.
+    assert hit and all(row["trained"] == 1 for row in hit), rows
+    assert all(f["node"] == victim_node and re.search(r"Actor\w*Error", f["why"])
+               for row in hit for f in row["failures"]), rows
+    first = hit[0]["round"]
+    assert [row["round"] for row in hit] == list(range(first, first + len(hit))), rows
+    assert len(hit) < ROUNDS - 1 and rows[-1]["trained"] == 2, rows
     assert "end-of-run attestations: 2 of 2 nodes" in log
     # What was spent before and after the kill verifies as a whole.
     assert main(["audit", str(run_dir / "ledger.jsonl"), "--keys",
