@@ -66,14 +66,14 @@ def test_a_killed_simulated_client_is_reported_within_seconds_and_the_run_finish
     assert re.search(r"Actor(Died|Unavailable)Error", line), line
     assert f"round {ROUNDS}/{ROUNDS} clients 2 ok 0 refused 0 failed" in log, log[-3000:]
     rows = json.loads((run_dir / "metrics.json").read_text())["rounds"][1:]
-    victim_node = int(re.search(r"node (\d+)", line).group(1))
     hit = [row for row in rows if row["failures"]]
-    # Only the killed node fails, and only in the rounds from the kill until Ray has its
-    # worker back (a fresh worker imports for seconds: on a slow machine a short round
-    # can pass meanwhile). Every round after that has both clients again.
-    assert hit and all(row["trained"] == 1 for row in hit), rows
-    assert all(f["node"] == victim_node and re.search(r"Actor\w*Error", f["why"])
-               for row in hit for f in row["failures"]), rows
+    assert hit and hit[0]["failures"][0]["node"] == int(re.search(r"node (\d+)", line).group(1))
+    # Until Ray has the worker back (a fresh worker imports for seconds: on a slow machine
+    # a short round can pass meanwhile), the message Flower's pool gives it fails too,
+    # whichever node it is for: one failure a round, in the rounds right after the kill.
+    # Every round after that has both clients again.
+    assert all(row["trained"] == 1 and len(row["failures"]) == 1 for row in hit), rows
+    assert all(re.search(r"Actor\w*Error", row["failures"][0]["why"]) for row in hit), rows
     first = hit[0]["round"]
     assert [row["round"] for row in hit] == list(range(first, first + len(hit))), rows
     assert len(hit) < ROUNDS - 1 and rows[-1]["trained"] == 2, rows
