@@ -248,7 +248,8 @@ def soak(args: argparse.Namespace) -> None:
 
 
 def epsilon_ms(sigma: float, q: float, delta: float, steps: int, accountant: str) -> float:
-    """Median ms of one fresh epsilon of `steps` DP steps (a node computes one per message)."""
+    """Median ms of one epsilon of `steps` DP steps, not memoised (a node computes one per
+    message); Opacus's per-step RDP memo stays warm after the first, as in a node's process."""
     times = []
     for _ in range(5):
         privacy._epsilon.cache_clear()  # noqa: SLF001 - time the computation, not the memo
