@@ -120,6 +120,24 @@ def test_the_per_step_rdp_is_opacus_own_and_computed_once_per_setting():
     assert memoised.cache_info().misses == misses
 
 
+@pytest.mark.parametrize("history", [[(3.47, 0.25, 1)], [(3.47, 0.25, 499)],
+                                     [(0.8, 0.01, 1200)], [(2.0, 0.1, 30), (1.2, 0.05, 70)]])
+def test_prv_composes_by_numpy_fft_with_scipy_fft_epsilons(history, monkeypatch):
+    import scipy.fft
+    from opacus.accountants.analysis.prv import compose
+
+    def prv_epsilon():
+        accountant = PRVAccountant()
+        accountant.history = list(history)
+        return accountant.get_epsilon(delta=1e-5)
+
+    assert compose.rfft is np.fft.rfft and compose.irfft is np.fft.irfft
+    ours = prv_epsilon()
+    monkeypatch.setattr(compose, "rfft", scipy.fft.rfft)
+    monkeypatch.setattr(compose, "irfft", scipy.fft.irfft)
+    assert ours == pytest.approx(prv_epsilon(), rel=1e-12, abs=0)
+
+
 @pytest.mark.parametrize("examples, batch", [(1, 8), (7, 8), (8, 8), (9, 8), (180, 8),
                                              (96, 32), (97, 32), (1000, 64)])
 def test_local_schedule_is_the_loader_opacus_samples_from(examples, batch):
