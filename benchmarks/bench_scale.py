@@ -14,13 +14,14 @@ largest sum of RSS over the run's process tree (driver, Ray, workers).
 
 `--soak N` instead runs one fedpriv simulation of N rounds (tiny model, 4 clients) and
 compares the first and last tenth of its rounds: round time and memory, and the time one
-epsilon of the run's accountant (`--accountant`, PRV by default) takes at the first and
-the last tenth's step count, the one cost that grows with the run by design.
+epsilon of the run's accountant takes at the first and the last tenth's step count, the
+one cost that grows with the run by design; once per accountant in `--accountant` (PRV,
+the default, then RDP).
 `--demo` runs the README's main job (MiniLM, quick preset) and prints the share of its
 rounds' wall time spent outside local training.
 
 Run: .venv/bin/python benchmarks/bench_scale.py [--clients 4,100,1000] [--rounds 5]
-     .venv/bin/python benchmarks/bench_scale.py --soak 500 [--accountant rdp]
+     .venv/bin/python benchmarks/bench_scale.py --soak 500 [--accountant prv,rdp]
 """
 
 from __future__ import annotations
@@ -207,10 +208,15 @@ def scale(args: argparse.Namespace) -> None:
 
 
 def soak(args: argparse.Namespace) -> None:
+    for accountant in args.accountant.split(","):
+        soak_one(args.soak, accountant)
+
+
+def soak_one(rounds: int, accountant: str) -> None:
     with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "soak.log", "w+") as log:
         run_dir = Path(tmp) / "soak"
-        flags = [f"--{k}={v}" for k, v in run_config(4, args.soak, 1.0).items()
-                 if k != "central-eval"] + [f"--accountant={args.accountant}"]
+        flags = [f"--{k}={v}" for k, v in run_config(4, rounds, 1.0).items()
+                 if k != "central-eval"] + [f"--accountant={accountant}"]
         # Its output goes to a file: a pipe nobody reads fills up and blocks the run.
         proc = subprocess.Popen([sys.executable, "-m", "cli.main", "simulate",
                                  "--num-clients", "4", "--run-dir", str(run_dir), *flags,
@@ -230,20 +236,20 @@ def soak(args: argparse.Namespace) -> None:
             raise SystemExit(f"soak failed:\n{log.read()[-3000:]}")
         per_round, _ = fedpriv_rounds(run_dir)
         entry = json.loads((run_dir / "ledger.jsonl").read_text().splitlines()[0])["record"]
-    tenth = max(1, args.soak // 10)
+    tenth = max(1, rounds // 10)
     sigma, q, delta = entry["noise_multiplier"], entry["sample_rate"], entry["delta"]
     first, last = per_round[1:tenth + 1], per_round[-tenth:]
     mem_first = [m for r, m in samples if 1 <= r <= tenth]
-    mem_last = [m for r, m in samples if r > args.soak - tenth]
-    print(f"soak: {args.soak} rounds, 4 clients; round time first tenth "
+    mem_last = [m for r, m in samples if r > rounds - tenth]
+    print(f"soak, {accountant}: {rounds} rounds, 4 clients; round time first tenth "
           f"{statistics.median(first):.3f} s, last tenth {statistics.median(last):.3f} s "
           f"(ratio {statistics.median(last) / statistics.median(first):.3f}); total RSS "
           f"{statistics.median(mem_first) / 2**30:.2f} GB -> "
           f"{statistics.median(mem_last) / 2**30:.2f} GB (ratio "
           f"{statistics.median(mem_last) / statistics.median(mem_first):.3f})")
-    first_ms, last_ms = (epsilon_ms(sigma, q, delta, steps, args.accountant)
-                         for steps in (1 + tenth // 2, args.soak - tenth // 2))
-    print(f"one {args.accountant} epsilon (sigma {sigma:.4f}, q {q:g}) at the first tenth's "
+    first_ms, last_ms = (epsilon_ms(sigma, q, delta, steps, accountant)
+                         for steps in (1 + tenth // 2, rounds - tenth // 2))
+    print(f"one {accountant} epsilon (sigma {sigma:.4f}, q {q:g}) at the first tenth's "
           f"step count: {first_ms:.1f} ms; at the last tenth's: {last_ms:.1f} ms")
 
 
@@ -300,8 +306,8 @@ def main() -> None:
     parser.add_argument("--large-fraction", type=float, default=0.1,
                         help="share of clients per round above 100 clients")
     parser.add_argument("--soak", type=int, default=0, help="run a soak of N rounds instead")
-    parser.add_argument("--accountant", choices=("prv", "rdp"), default="prv",
-                        help="the soak's accountant")
+    parser.add_argument("--accountant", default="prv,rdp",
+                        help="the soak's accountants, comma-separated (prv, rdp)")
     parser.add_argument("--demo", action="store_true", help="time the README's main job")
     args = parser.parse_args()
     (soak if args.soak else demo if args.demo else scale)(args)
