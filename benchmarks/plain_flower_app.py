@@ -88,7 +88,7 @@ def train(msg: Message, context: Context) -> Message:
     head.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     engine = PrivacyEngine(accountant=cfg.privacy.accountant)
     module, optimizer, loader = engine.make_private(
-        module=head, optimizer=make_optimizer(head, env["learning_rate"]),
+        module=head, optimizer=make_optimizer(head, cfg.learning_rate),
         data_loader=DataLoader(data, batch_size=schedule.batch_size),
         noise_multiplier=env["sigma"], max_grad_norm=cfg.privacy.max_grad_norm,
         poisson_sampling=True)

@@ -31,6 +31,7 @@ from common.wire import from_record, to_record
 from server.attestation import collect_attestations
 from server.checkpoint import CheckpointWriter
 from server.federation import RunState, build_strategy, start_state, starting_model
+from server.grid import PromptGrid
 from server.ledger import Ledger
 from server.report import RoundReporter
 from server.rundir import check_run_dir
@@ -42,7 +43,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flat(dict(context.run_config))
-    run_federation(grid, cfg, flower_run=context.run_id)
+    run_federation(PromptGrid(grid), cfg, flower_run=context.run_id)
 
 
 def resolve_labels(cfg: RunConfig) -> RunConfig:
