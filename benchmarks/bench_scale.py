@@ -270,8 +270,8 @@ def epsilon_ms(sigma: float, q: float, delta: float, steps: int, accountant: str
 
 def demo(args: argparse.Namespace) -> None:
     """The README's main job: each round's wall time against its clients' DP steps, and
-    the same work in plain Flower (whose engine polls its queues every 0.1 s, a floor on
-    a round's time that no ClientApp removes)."""
+    the same work in plain Flower (its engine hands messages to the workers every 0.1 s,
+    a floor on a round's time that no app removes)."""
     quick = {"max-examples": 5000, "num-rounds": 3}  # the quick preset (cli/simulate.py)
     clients = 4  # `fedpriv simulate --num-clients`'s default
     cfg = RunConfig().replace(**quick)
