@@ -54,6 +54,7 @@ logging.getLogger("opacus.data_loader").setLevel(logging.ERROR)
 
 import torch  # noqa: E402
 
+from cli.simulate import PRESETS  # noqa: E402
 from common import privacy  # noqa: E402
 from common.config import RunConfig  # noqa: E402
 from common.data import LabelledTexts, embedded_data_path  # noqa: E402
@@ -272,15 +273,17 @@ def demo(args: argparse.Namespace) -> None:
     """The README's main job: each round's wall time against its clients' DP steps, and
     the same work in plain Flower (its engine hands messages to the workers every 0.1 s,
     a floor on a round's time that no app removes)."""
-    quick = {"max-examples": 5000, "num-rounds": 3}  # the quick preset (cli/simulate.py)
+    quick = PRESETS["quick"]
     clients = 4  # `fedpriv simulate --num-clients`'s default
     cfg = RunConfig().replace(**quick)
     workers = max(1, os.cpu_count() or 1)  # 1 CPU per client: this many train at once
     # A client of the quick preset holds 5000 x 0.8 / 4 = 1000 rows, 900 of them training.
-    rows = round(5000 * 0.8 / clients * 0.9)
+    rows = round(quick["max-examples"] * ROWS_KEPT / clients)
     schedule = local_schedule(rows, cfg.train)
-    plan = privacy.plan(cfg.privacy, budget=8.0, delta=1e-5, sample_rate=schedule.sample_rate,
-                        steps_per_round=schedule.steps_per_round, planned_rounds=3)
+    plan = privacy.plan(cfg.privacy, budget=cfg.privacy.epsilon, delta=cfg.privacy.delta,
+                        sample_rate=schedule.sample_rate,
+                        steps_per_round=schedule.steps_per_round,
+                        planned_rounds=cfg.federation.num_rounds)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "demo"
         wall, peak = run_measured([sys.executable, "-m", "cli.main", "simulate",
