@@ -11,8 +11,8 @@ from cli.flags import add_resume_flag, add_run_config_flags, run_config_from
 # Presets of `fedpriv simulate`. "quick" (the README's main job) finishes in minutes on a
 # 2-core CPU; "full" uses all 38k embedded examples and more rounds (a GPU node's job).
 PRESETS: dict[str, dict] = {
-    "quick": {"max-examples": 5000, "num-rounds": 3},
-    "full": {"max-examples": 0, "num-rounds": 10},
+    "quick": {"max-examples": 5000, "num-rounds": 30},
+    "full": {"max-examples": 0, "num-rounds": 30},
 }
 
 
@@ -61,8 +61,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 def add_simulation_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                        help="quick (default): 5,000 examples, 3 rounds; full: all data, "
-                        "10 rounds")
+                        help="quick (default): 5,000 examples; full: all data")
     parser.add_argument("--num-clients", type=int, default=4)
     parser.add_argument("--client-cpus", type=float, default=1.0,
                         help="CPU cores Ray reserves per simulated client")

@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader
 
-from client import cache
+from client import cache, moments
 from client.attestation import attest, closed_run
 from client.canaries import canary_features
 from client.node import NodeFiles, PrivacyState, budget_of, local_data, node_index
@@ -292,10 +292,12 @@ def train(msg: Message, context: Context) -> Message:
         return node.reply(node.record("refused", reason=reason))
     # Per node and round: Poisson sampling, noise and shuffling all draw from torch's generator.
     torch.manual_seed(node.seed())
-    model, optimizer, loader = mode.prepare(
-        train_set, make_optimizer(train_set.module, cfg.learning_rate))
+    adamw = make_optimizer(train_set.module, cfg.learning_rate)
+    moments.restore(node.files.moments, node.run_id, train_set.module, adamw)
+    model, optimizer, loader = mode.prepare(train_set, adamw)
     outcome = train_steps(model, optimizer, loader, mode.steps, node.device)
     record = mode.record(outcome)
+    moments.save(node.files.moments, node.run_id, train_set.module, adamw)
     metrics: dict[str, float] = {"num-examples": len(train_set.dataset)}
     if cfg.privacy.report_train_loss:
         metrics["train-loss"] = outcome.mean_loss

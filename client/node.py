@@ -101,7 +101,8 @@ def local_data(cfg: RunConfig, node_config: dict) -> tuple[LabelledTexts, Labell
 
 
 class NodeFiles:
-    """A node's own files: signing key, ledger, privacy state, data-commitment salt.
+    """A node's own files: signing key, ledger, privacy state, data-commitment salt,
+    its optimizer's moments.
 
     Kept on disk in the node's state dir (never sent anywhere but the ledger entries),
     so a restarted node remembers what it spent and goes on with the same chain.
@@ -115,6 +116,7 @@ class NodeFiles:
         self.public_key = self.key.with_suffix(".pub")
         self.state = directory / "privacy-state.json"
         self.salt = directory / "data-salt"
+        self.moments = directory / "adamw-moments.pt"  # client/moments.py
 
     @classmethod
     def of(cls, cfg: RunConfig, context: Context) -> NodeFiles:

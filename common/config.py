@@ -116,7 +116,10 @@ class PrivacyConfig:
     delta: float = 1e-5
     # 0 derives the noise multiplier from (epsilon, delta) and the planned steps.
     noise_multiplier: float = 0.0
-    max_grad_norm: float = 1.0
+    # Clipping norm C. Below the typical per-example gradient norm (about 1 for the head on
+    # unit-length embeddings), nearly every example is clipped and the noise, sigma * C,
+    # shrinks with it: the better signal-to-noise ratio on the embedded data (docs/recipe.md).
+    max_grad_norm: float = 0.5
     accountant: str = "prv"
     # The local training loss is computed on private data without noise: off by
     # default, and named in the privacy record when a node sends it.
@@ -145,7 +148,9 @@ class TrainConfig:
     # 0: an eighth of the node's training rows, so q = 1/8 whatever its size: large
     # expected batches are what DP-SGD needs (the noise is sigma * C / batch).
     batch_size: int = 0
-    local_epochs: int = 5
+    # Many short rounds, each node's AdamW moments kept between them (client/moments.py):
+    # what holds up under label skew (docs/recipe.md).
+    local_epochs: int = 1
     # > 0 fixes the DP-SGD steps per round, overriding --local-epochs.
     local_steps: int = 0
     # 0: the mode's own (DEFAULT_LEARNING_RATES), chosen on the embedded data only.
@@ -169,7 +174,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FederationConfig:
-    num_rounds: int = 3
+    num_rounds: int = 30
     fraction_train: float = 1.0
     fraction_evaluate: float = 0.0
     min_train_clients: int = 2

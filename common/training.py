@@ -112,12 +112,16 @@ def max_update_norm(steps: int, learning_rate: float, num_weights: int,
                     weight_norm: float) -> float:
     """The largest L2 norm an update from `steps` local AdamW steps can have.
 
-    Adam normalises each coordinate of the (clipped, noised) gradient, so one step moves
-    a weight by at most lr * max(1, (1 - beta1) / sqrt(1 - beta2)) (Kingma & Ba 2015,
-    section 2.1), whatever the gradient; decoupled weight decay adds lr * wd * |w|.
-    Over `steps` steps and `num_weights` trainable weights that bounds the update.
+    A step moves a weight by lr * |m_hat| / sqrt(v_hat), whatever the (clipped, noised)
+    gradients were. Cauchy-Schwarz over the gradient history gives, after any number of
+    steps, |m_hat| / sqrt(v_hat) <= (1 - b1) / sqrt((1 - b2) (1 - b1^2 / b2)): 7.27 for
+    PyTorch's betas (the bias corrections only lower it). Kingma & Ba's own
+    lr * max(1, (1 - b1) / sqrt(1 - b2)) (2015, section 2.1) is exceeded after about 200
+    steps by gradients growing step after step, and a node keeps its moments across rounds
+    (client/moments.py). Decoupled weight decay adds lr * wd * |w| a step. Over `steps`
+    steps and `num_weights` trainable weights that bounds the update.
     """
     beta1, beta2 = ADAM_BETAS
-    per_weight = learning_rate * max(1.0, (1 - beta1) / math.sqrt(1 - beta2))
+    per_weight = learning_rate * (1 - beta1) / math.sqrt((1 - beta2) * (1 - beta1**2 / beta2))
     return steps * (per_weight * math.sqrt(num_weights)
                     + learning_rate * WEIGHT_DECAY * weight_norm)

@@ -1,6 +1,7 @@
 """The ClientApp's train handler, called in-process: budget enforcement on the node."""
 
 import pytest
+import torch
 from flwr.app import ConfigRecord
 from opacus.accountants import create_accountant
 
@@ -173,3 +174,30 @@ def test_the_attestation_states_the_run_and_closes_it(tiny_cfg, small_csv, tmp_p
     assert entry_of_message(attest_end_of_run(ask, context)) == attestation  # no second one
     refused = record_of(train(train_message(tiny_cfg, 3), context))
     assert refused.kind == "refused" and "end-of-run attestation" in refused.reason
+
+
+def _adam_steps(path):
+    saved = torch.load(path, weights_only=True)
+    return [int(s["step"]) for s in saved["optimizer"]["state"].values()]
+
+
+def test_the_node_keeps_its_adam_moments_across_a_runs_rounds_and_only_that_run(
+        tiny_cfg, small_csv, tmp_path):
+    """Round 2 goes on from round 1's moments (2 + 2 steps); a new run starts afresh.
+
+    They stay on the node (0600) and are not in the reply: only the update and entries.
+    """
+    context = node_context({"data-path": str(small_csv)}, tmp_path)
+    moments = NodeFiles(tmp_path).moments
+    replies, _ = run_rounds(tiny_cfg, context, [1])
+    assert _adam_steps(moments) == [2, 2]  # the head's weight and bias, 2 steps each
+    assert moments.stat().st_mode & 0o777 == 0o600
+    replies += run_rounds(tiny_cfg, context, [2])[0]
+    assert _adam_steps(moments) == [4, 4]
+    for reply in replies:
+        assert set(reply.content.array_records) == {"arrays"}
+        assert not any("moment" in key or "adam" in key for key in reply.content)
+    new_run = node_context({"data-path": str(small_csv)}, tmp_path)
+    new_run.run_id = 2  # without DP: run 1 spent this node's budget
+    assert record_of(train(train_message(tiny_cfg.replace(dp=False), 1), new_run)).kind == "train"
+    assert _adam_steps(moments) == [2, 2]

@@ -6,12 +6,14 @@ from types import MappingProxyType
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedMedian
 
 from common.ledger.entry import GENESIS, entry_hash, make_entry, record_of_entry
 from common.ledger.keys import generate_signing_key
 from common.ledger.record import PrivacyRecord
+from common.training import ADAM_BETAS, max_update_norm
 from common.wire import entry_of_message, entry_recorddict, to_record
 from server.checkpoint import CheckpointWriter, checkpoint_path, load_checkpoint
 from server.ledger import Ledger
@@ -391,3 +393,24 @@ def test_records_under_a_ledger_key_not_admitted_for_the_node_are_rejected(tmp_p
     assert rejected[4] == "node 4 has no admitted ledger key: its records are not accepted"
     rows = ledger_lines(tmp_path / "ledger.jsonl")
     assert [(x["received_from"], x["node_key"]) for x in rows] == [(1, admitted[1])]
+
+
+@pytest.mark.parametrize("ratio", [0.9009, 1.0, 1.05])
+def test_adam_steps_stay_within_the_update_bound_after_thousands_of_steps(ratio):
+    """The bound holds for a node that keeps its moments over many rounds (2,000 steps).
+
+    Gradients growing by 1/ratio a step push Adam's step past Kingma & Ba's 3.16 lr, the
+    bound this check used before; they stay under `max_update_norm`'s.
+    """
+    weight = torch.zeros(1, requires_grad=True)
+    adam = torch.optim.AdamW([weight], lr=1.0, betas=ADAM_BETAS, weight_decay=0.0)
+    bound = max_update_norm(1, 1.0, 1, 0.0)
+    largest = 0.0
+    for t in range(2000):
+        before = weight.item()
+        weight.grad = torch.tensor([ratio ** -t], dtype=torch.float32)
+        adam.step()
+        largest = max(largest, abs(weight.item() - before))
+    assert largest <= bound
+    if ratio < 1:
+        assert largest > 1.0 * (1 - ADAM_BETAS[0]) / (1 - ADAM_BETAS[1]) ** 0.5
