@@ -306,11 +306,17 @@ def demo(args: argparse.Namespace) -> None:
           f"{schedule.steps_per_round} DP steps take {train_s:.3f} s ({workers} at a time)")
     for name, result in (("fedpriv", {"rounds": per_round, "clients": trained}),
                          ("plain Flower", plain)):
-        for number, (seconds, clients) in enumerate(
-                zip(result["rounds"], result["clients"], strict=True), 1):
-            training = clients * train_s / workers
-            print(f"{name}, round {number}: {seconds:.2f} s wall, {training:.2f} s of it "
-                  f"local training ({100 * (1 - training / seconds):.0f}% outside)")
+        shares = [(seconds, clients * train_s / workers) for seconds, clients
+                  in zip(result["rounds"], result["clients"], strict=True)]
+        first, later = shares[0], sorted(shares[1:], key=lambda share: share[1] / share[0])
+        print(f"{name}, round 1 (embeds): {first[0]:.2f} s wall, {first[1]:.2f} s of it "
+              f"local training")
+        for what, (seconds, training) in (("least", later[-1]),
+                                          ("median", later[len(later) // 2]),
+                                          ("most", later[0])):
+            print(f"{name}, rounds 2-{len(shares)}, {what} outside training: {seconds:.2f} s "
+                  f"wall, {training:.2f} s training ({100 * (1 - training / seconds):.0f}% "
+                  "outside)")
 
 
 def main() -> None:
