@@ -9,8 +9,9 @@ work (docs/recipe.md).
 
 No privacy cost: the moments are computed from the noised, clipped gradients only
 (post-processing of DP-SGD's output). They stay on the node, 0600 next to its ledger, and
-are never sent. A moment file from another run or for other weights is ignored: the
-optimizer then starts afresh, as it did before this file existed.
+are never sent. A moment file from another run, for other weights or torn by a power cut
+(it is written without fsync: losing it only restarts Adam) is ignored, and the optimizer
+starts afresh, as it did before this file existed.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def restore(path: Path, run_id: int, module: torch.nn.Module,
         return False
     try:
         saved = torch.load(io.BytesIO(path.read_bytes()), weights_only=True)
-    except Exception:  # noqa: BLE001  (a torn or foreign file: start afresh, as without one)
+    except Exception:  # noqa: BLE001  (torn or foreign: start afresh, as without one)
         return False
     if saved.get("key") != _key(run_id, module):
         return False
@@ -53,4 +54,4 @@ def save(path: Path, run_id: int, module: torch.nn.Module,
     """Keep `optimizer`'s moments for this node's next round of the run."""
     buffer = io.BytesIO()
     torch.save({"key": _key(run_id, module), "optimizer": optimizer.state_dict()}, buffer)
-    write_atomic(path, buffer.getvalue(), mode=0o600)
+    write_atomic(path, buffer.getvalue(), mode=0o600, durable=False)

@@ -33,13 +33,17 @@ def blocking_file(folder: Path) -> Path | None:
     return None
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, replace: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, replace: bool = True,
+                 durable: bool = True) -> None:
     """Write `data` via a temporary file in the same folder, fsync, then move it into place.
 
     A crash at any moment leaves either the old file or the new one, never a torn one.
     The temporary file is created 0600 and only then given `mode`, so a private key is
     never readable by others, even briefly. With `replace=False` an existing file is
     never overwritten: FileExistsError, even if it appeared after a caller's check.
+    `durable=False` skips the two fsyncs, for a file whose loss to a power cut costs only
+    speed (its reader must then take a torn file as absent): the rename stays atomic for
+    processes, and the fsyncs are most of a small write's time.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -47,7 +51,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, replace: bool = 
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         if replace:
             os.replace(tmp, path)
@@ -56,6 +61,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, replace: bool = 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable

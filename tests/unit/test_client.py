@@ -5,11 +5,13 @@ import torch
 from flwr.app import ConfigRecord
 from opacus.accountants import create_accountant
 
+from client import moments
 from client.app import train
 from client.node import NodeFiles, PrivacyState
 from common.errors import ConfigError
 from common.ledger.entry import entry_hash, record_of_entry
 from common.ledger.store import NodeLedger, read_entries
+from common.training import make_optimizer
 from common.wire import LEDGER_HEAD_KEY, LEDGER_RUN_KEY, entries_of_message, entry_of_message
 from tests.helpers.messages import node_context, record_of, train_message
 
@@ -201,3 +203,21 @@ def test_the_node_keeps_its_adam_moments_across_a_runs_rounds_and_only_that_run(
     new_run.run_id = 2  # without DP: run 1 spent this node's budget
     assert record_of(train(train_message(tiny_cfg.replace(dp=False), 1), new_run)).kind == "train"
     assert _adam_steps(moments) == [2, 2]
+
+
+def test_moments_from_another_run_other_weights_or_a_torn_file_are_not_loaded(tmp_path):
+    head = torch.nn.Linear(4, 3)
+    adam = make_optimizer(head, 0.1)
+    head(torch.ones(2, 4)).sum().backward()
+    adam.step()
+    path = tmp_path / "adamw-moments.pt"
+    moments.save(path, 1, head, adam)
+    fresh = lambda module: make_optimizer(module, 0.1)  # noqa: E731
+    assert not moments.restore(path, 2, head, fresh(head))
+    assert not moments.restore(path, 1, torch.nn.Linear(5, 3), fresh(torch.nn.Linear(5, 3)))
+    loaded = fresh(head)
+    assert moments.restore(path, 1, head, loaded)
+    assert torch.equal(loaded.state_dict()["state"][0]["exp_avg"],
+                       adam.state_dict()["state"][0]["exp_avg"])
+    path.write_bytes(path.read_bytes()[:40])  # what a power cut can leave of it
+    assert not moments.restore(path, 1, head, fresh(head))
